@@ -1,0 +1,156 @@
+"""One tree of config dataclasses with a default and a comment per field.
+
+Pipeline YAML files hold overrides only; unknown keys are errors; the loaded config is frozen and its
+resolved copy is saved in the run directory (`to_yaml`). Command-line overrides use dotted keys:
+`--set clips.length=16`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the key and the file."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # canonical dataset directory (raylab synth / convert); "" = generate SynthActions
+    synth_preset: str = "small"  # SynthActions preset used when root is "": tiny | small | medium
+    synth_seed: int = 0  # seed of the generated SynthActions set
+    synth_dir: str = "data/synthactions"  # where a generated SynthActions set is written
+
+    def __post_init__(self):
+        if self.synth_preset not in ("tiny", "small", "medium"):
+            raise ConfigError(f"data.synth_preset must be tiny, small or medium, got {self.synth_preset!r}")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    length: int = 8  # frames per clip (T)
+    stride: int = 1  # step between the frames of a clip, in frames of the video
+    height: int = 64  # decoded frame height (pixels); targets are rendered at this size
+    width: int = 64  # decoded frame width (pixels)
+    sampling: str = "annotated"  # "annotated": clips around labelled frames (training); "tile": dense tiling
+    clips_per_annotation: int = 1  # training clips drawn around each annotated frame per epoch
+    batch_size: int = 8  # clips per Ray Data batch
+
+    def __post_init__(self):
+        for name in ("length", "stride", "height", "width", "clips_per_annotation", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"clips.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sampling not in ("annotated", "tile"):
+            raise ConfigError(f"clips.sampling must be 'annotated' or 'tile', got {self.sampling!r}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    sigma: float = 1.3  # MGW / APU Gaussian width in frames (ASL Eq.2 and Eq.4)
+    loss_weighting: str = "mgw"  # mgw | masking (sigma -> 0) | interpolation (sigma -> inf)
+    init_fraction: float = 0.01  # fraction of training frames labelled at random before the first cycle
+
+    def __post_init__(self):
+        if self.sigma <= 0:
+            raise ConfigError(f"labels.sigma must be > 0, got {self.sigma}")
+        if self.loss_weighting not in ("mgw", "masking", "interpolation"):
+            raise ConfigError(
+                f"labels.loss_weighting must be mgw, masking or interpolation, got {self.loss_weighting!r}"
+            )
+        if not 0 < self.init_fraction <= 1:
+            raise ConfigError(f"labels.init_fraction must be in (0, 1], got {self.init_fraction}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" starts a local Ray; "auto" joins the cluster this machine belongs to
+    num_cpus: int = 0  # CPUs of a local Ray (0 = all of this machine's)
+    decode_num_cpus: float = 1.0  # CPUs reserved per Ray Data decode task
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "asl_synth"  # run name; the run directory defaults to runs/<name>
+    seed: int = 0  # seed of every random choice of a run (initial labels, clip sampling)
+    data: DataConfig = field(default_factory=DataConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a (partial) dict of overrides; unknown keys raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _apply_override(tree: dict, dotted: str, where: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"{where}: override {dotted!r} must look like key.sub=value")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {key} does not name a config section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load the defaults, apply a pipeline YAML (overrides only) and `key=value` overrides, validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value, naming the file and the key.
+    """
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read pipeline {path}: {e}") from e
+    for item in overrides:
+        _apply_override(tree, item, "--set")
+    return from_dict(Config, tree, where)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (saved in the run directory)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

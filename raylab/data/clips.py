@@ -1,0 +1,86 @@
+"""Clip indexes: which frames each clip of a video holds. Pure pandas/numpy, built from the dataset index
+(metadata only, a few bytes per clip); the frames themselves are decoded later, clip by clip.
+
+Two samplings:
+- `annotated_clips`: for training, clips that contain an annotated frame at a random position.
+- `tile_clips`: for scoring and evaluation, a dense tiling in which every frame of a video is owned by
+  exactly one clip (`owned`), overlaps at the end resolved in favour of the earlier clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from raylab.data.video import clip_frames
+
+CLIP_COLUMNS = ["video_id", "start", "frames", "owned"]
+
+
+def tile_video(num_frames: int, length: int, stride: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Dense tiling of one video into clips of `length` frames taken every `stride` frames.
+
+    Each phase p < stride (frames p, p+stride, ...) is cut into consecutive clips; the last clip of a
+    phase is shifted back to end on the phase's last frame (it overlaps its predecessor), and a phase
+    shorter than a clip is padded by repeating its last frame. A frame is owned by the first clip
+    holding it.
+
+    Returns:
+        list of (frames int64 [length], owned bool [length]).
+    """
+    clips = []
+    seen = np.zeros(num_frames, dtype=bool)
+    for phase in range(min(stride, num_frames)):
+        seq = np.arange(phase, num_frames, stride)
+        starts = list(range(0, max(len(seq) - length, 0) + 1, length))
+        if len(seq) > length and starts[-1] + length < len(seq):
+            starts.append(len(seq) - length)
+        for s in starts:
+            frames = seq[s : s + length]
+            frames = np.concatenate([frames, np.repeat(frames[-1:], length - len(frames))])
+            owned = np.zeros(length, dtype=bool)
+            for j, f in enumerate(frames):  # first clip and first position win
+                if not seen[f]:
+                    owned[j], seen[f] = True, True
+            clips.append((frames, owned))
+    return clips
+
+
+def tile_clips(index: pd.DataFrame, length: int, stride: int) -> pd.DataFrame:
+    """Dense tiling of every video of `index` (columns video_id, num_frames); one row per clip."""
+    rows = []
+    for video_id, n in zip(index["video_id"], index["num_frames"]):
+        for frames, owned in tile_video(int(n), length, stride):
+            rows.append((video_id, int(frames[0]), frames, owned))
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS)
+
+
+def annotated_clips(
+    index: pd.DataFrame,
+    labelled: Mapping[str, np.ndarray],
+    length: int,
+    stride: int,
+    per_annotation: int = 1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Training clips: `per_annotation` clips around each annotated frame, the frame at a random slot.
+
+    The slot is drawn among those that keep the clip inside the video (any slot when the video is
+    shorter than the clip span). Videos without annotation give no clip. Deterministic in `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for video_id, n in zip(index["video_id"], index["num_frames"]):
+        n = int(n)
+        for a in np.asarray(labelled.get(video_id, ()), dtype=np.int64):
+            # slots k with a - k*stride >= 0 and a + (length-1-k)*stride <= n-1
+            k_max = min(length - 1, int(a) // stride)
+            k_min = max(0, -(-(int(a) + (length - 1) * stride - (n - 1)) // stride))
+            for _ in range(per_annotation):
+                k = int(rng.integers(k_min, k_max + 1)) if k_min <= k_max else k_max
+                start = int(a) - k * stride
+                frames = clip_frames(start, length, stride, n)
+                rows.append((video_id, start, frames, np.ones(length, dtype=bool)))
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS)

@@ -1,0 +1,151 @@
+"""Per-frame training targets of a clip from sparse frame labels: pseudo-labels, masks, MGW weights.
+
+Pure numpy, no Ray, no I/O. A video's labels are a dict frame -> FrameLabel holding the annotated frames
+only; an annotated frame with no box is a labelled negative (the annotator saw no actor there).
+
+Pseudo-labels for unannotated frames (ASL, before Eq.4): boxes are interpolated linearly between the
+previous and the next annotated frame when both hold the same, nonzero number of actors; masks, empty
+frames, mismatched actor counts and frames before the first / after the last annotation take the
+nearest annotated frame (the earlier one on a tie).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from raylab.data.rle import rle_decode
+from raylab.losses import mgw_weights
+
+
+@dataclass(frozen=True)
+class FrameLabel:
+    boxes: np.ndarray  # float32 [K, 4] x1, y1, x2, y2 in pixels of the stored video
+    masks: tuple[np.ndarray, ...] = ()  # K RLE counts (one per box) or () when boxes only
+
+    @property
+    def empty(self) -> bool:
+        return len(self.boxes) == 0
+
+
+VideoLabels = Mapping[int, FrameLabel]
+
+
+def frame_label(boxes: Iterable, masks: Iterable | None = None) -> FrameLabel:
+    """Build a FrameLabel from plain lists (as stored in parquet)."""
+    b = np.asarray(list(boxes) if boxes is not None else [], dtype=np.float32).reshape(-1, 4)
+    m = tuple(np.asarray(c, dtype=np.int32) for c in (masks or ()))
+    return FrameLabel(b, m if len(m) == len(b) else ())
+
+
+def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None = None) -> FrameLabel | None:
+    """The label of `frame`: its own if annotated, else interpolated / nearest; None if no annotation.
+
+    Args:
+        labels: the video's annotated frames.
+        frame: frame index.
+        annotated: sorted keys of `labels` (pass it when calling in a loop).
+    """
+    if frame in labels:
+        return labels[frame]
+    if annotated is None:
+        annotated = np.array(sorted(labels), dtype=np.int64)
+    if annotated.size == 0:
+        return None
+    pos = int(np.searchsorted(annotated, frame))
+    prev = int(annotated[pos - 1]) if pos > 0 else None
+    nxt = int(annotated[pos]) if pos < annotated.size else None
+    if prev is None or nxt is None:
+        return labels[prev if nxt is None else nxt]
+    nearest = labels[prev] if frame - prev <= nxt - frame else labels[nxt]
+    a, b = labels[prev], labels[nxt]
+    if a.empty or b.empty or len(a.boxes) != len(b.boxes):
+        return nearest
+    t = (frame - prev) / (nxt - prev)
+    return FrameLabel((1.0 - t) * a.boxes + t * b.boxes, nearest.masks)
+
+
+def render_foreground(
+    label: FrameLabel | None, src_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> np.ndarray:
+    """Foreground map of one frame at the output resolution: the union of masks, else of filled boxes.
+
+    A pixel belongs to a box when its centre lies inside it (after scaling to the output size).
+
+    Returns:
+        uint8 [H_out, W_out] in {0, 1}.
+    """
+    out = np.zeros(out_hw, dtype=np.uint8)
+    if label is None or label.empty:
+        return out
+    (sh, sw), (oh, ow) = src_hw, out_hw
+    if label.masks:
+        union = np.zeros(src_hw, dtype=np.uint8)
+        for counts in label.masks:
+            union |= rle_decode(counts, sh, sw)
+        # nearest-neighbour resize: the source pixel under each output pixel centre
+        rows = np.minimum(((np.arange(oh) + 0.5) * sh / oh).astype(np.int64), sh - 1)
+        cols = np.minimum(((np.arange(ow) + 0.5) * sw / ow).astype(np.int64), sw - 1)
+        return union[np.ix_(rows, cols)]
+    ys = (np.arange(oh) + 0.5) * sh / oh  # output pixel centres in source coordinates
+    xs = (np.arange(ow) + 0.5) * sw / ow
+    for x1, y1, x2, y2 in label.boxes:
+        inside_y = (ys >= y1) & (ys < y2)
+        inside_x = (xs >= x1) & (xs < x2)
+        out |= (inside_y[:, None] & inside_x[None, :]).astype(np.uint8)
+    return out
+
+
+def clip_targets(
+    labels: VideoLabels,
+    frames: np.ndarray,
+    src_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    sigma: float,
+    weighting: str = "mgw",
+) -> dict[str, np.ndarray]:
+    """Targets of one clip.
+
+    Returns:
+        fg: uint8 [T, H, W] foreground (annotated frames' labels and pseudo-labels elsewhere)
+        annotated: bool [T] frame is annotated
+        weight: float32 [T] MGW / masking / interpolation loss weight
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    annotated_frames = np.array(sorted(labels), dtype=np.int64)
+    fg = np.stack([render_foreground(pseudo_label(labels, int(f), annotated_frames), src_hw, out_hw)
+                   for f in frames])
+    return {
+        "fg": fg,
+        "annotated": np.isin(frames, annotated_frames),
+        "weight": mgw_weights(frames, annotated_frames, sigma, weighting),
+    }
+
+
+def labels_near(annotated: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The annotated frames a clip's targets depend on: those inside its span and one on each side.
+
+    Pseudo-labels and MGW weights only look at the nearest annotated frames, so this subset gives the
+    same targets as the whole video's labels.
+    """
+    annotated = np.asarray(annotated, dtype=np.int64)  # sorted
+    lo, hi = int(np.min(frames)), int(np.max(frames))
+    first = max(int(np.searchsorted(annotated, lo)) - 1, 0)
+    last = min(int(np.searchsorted(annotated, hi, side="right")) + 1, annotated.size)
+    return annotated[first:last]
+
+
+def group_labels(rows) -> dict[str, dict[int, FrameLabel]]:
+    """Group label rows (columns video_id, frame, boxes[, mask_rle]) into video -> frame -> FrameLabel.
+
+    Rows with frame -1 (whole-video labels of AL-STAL) are left out.
+    """
+    df = rows.to_pandas() if hasattr(rows, "to_pandas") else rows
+    masks = df["mask_rle"] if "mask_rle" in df else [None] * len(df)
+    out: dict[str, dict[int, FrameLabel]] = {}
+    for video_id, frame, boxes, mask in zip(df["video_id"], df["frame"], df["boxes"], masks):
+        if int(frame) >= 0:
+            out.setdefault(video_id, {})[int(frame)] = frame_label(boxes, mask)
+    return out

@@ -1,0 +1,37 @@
+"""Shared fixtures: one local Ray per test run, and tiny videos written on the fly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raylab.data.video import write_video
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Start Ray once per test run (2 CPUs, no dashboard); tests that need it take this fixture."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def blob_frames(num_frames: int = 16, height: int = 32, width: int = 64, size: int = 8) -> np.ndarray:
+    """A white square moving one pixel right per frame over a black background; uint8 [T, H, W, 3]."""
+    frames = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        y0, x0 = (height - size) // 2, t % (width - size)
+        frames[t, y0 : y0 + size, x0 : x0 + size] = 255
+    return frames
+
+
+@pytest.fixture
+def blob_video(tmp_path):
+    """Path of a 16-frame 64x32 mp4 of a moving white square, and its frames."""
+    frames = blob_frames()
+    path = tmp_path / "blob.mp4"
+    write_video(path, frames, fps=25)
+    return path, frames

@@ -1,0 +1,38 @@
+import pytest
+
+from raylab.config import Config, ConfigError, load_config, to_yaml
+
+
+def test_defaults_load_and_are_frozen():
+    cfg = load_config()
+    assert cfg == Config()
+    with pytest.raises(AttributeError):
+        cfg.seed = 3
+
+
+def test_yaml_overrides_and_set(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nclips:\n  length: 16\nlabels:\n  sigma: 2\n")
+    cfg = load_config(path, ["clips.stride=2", "data.synth_preset=tiny"])
+    assert (cfg.name, cfg.clips.length, cfg.clips.stride, cfg.labels.sigma) == ("x", 16, 2, 2.0)
+    assert cfg.data.synth_preset == "tiny" and cfg.clips.height == Config().clips.height
+    assert load_config(path, []).clips.length == 16
+    assert "length: 16" in to_yaml(cfg)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("clips:\n  lenght: 4\n", "unknown key.*lenght"),
+        ("bogus: 1\n", "unknown key.*bogus"),
+        ("clips:\n  length: four\n", "clips.length: expected int"),
+        ("clips:\n  length: 0\n", "clips.length must be >= 1"),
+        ("labels:\n  loss_weighting: maybe\n", "loss_weighting"),
+        ("clips: 3\n", "expected a mapping"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)

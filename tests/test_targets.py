@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+from raylab.data.rle import rle_decode, rle_encode, rle_to_box
+from raylab.data.targets import (
+    FrameLabel,
+    clip_targets,
+    frame_label,
+    labels_near,
+    pseudo_label,
+    render_foreground,
+)
+from raylab.losses import mgw_weights
+
+
+def box_label(*box):
+    return FrameLabel(np.array([box], dtype=np.float32))
+
+
+EMPTY = FrameLabel(np.zeros((0, 4), np.float32))
+
+
+def test_mgw_weights_exact_values():
+    w = mgw_weights(np.arange(6), np.array([1, 5]), sigma=1.0)
+    d = np.array([1, 0, 1, 2, 1, 0])
+    assert np.allclose(w, np.exp(-(d**2) / 2.0))
+    assert w[1] == 1 and w[5] == 1
+
+
+def test_mgw_limits_are_masking_and_interpolation():
+    frames, annotated = np.arange(10), np.array([2, 7])
+    masking = mgw_weights(frames, annotated, 1.3, "masking")
+    assert masking.tolist() == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]
+    assert np.allclose(mgw_weights(frames, annotated, 1e-4), masking)
+    interp = mgw_weights(frames, annotated, 1.3, "interpolation")
+    assert interp.tolist() == [1.0] * 10
+    assert np.allclose(mgw_weights(frames, annotated, 1e6), interp)
+
+
+def test_mgw_weights_without_annotation_are_zero():
+    for weighting in ("mgw", "masking", "interpolation"):
+        assert mgw_weights(np.arange(4), np.array([], int), 1.3, weighting).tolist() == [0, 0, 0, 0]
+
+
+def test_pseudo_label_interpolates_boxes_between_annotations():
+    labels = {0: box_label(0, 0, 10, 10), 4: box_label(8, 4, 18, 14)}
+    mid = pseudo_label(labels, 1)
+    assert np.allclose(mid.boxes, [[2, 1, 12, 11]])
+    assert pseudo_label(labels, 4) is labels[4]
+
+
+def test_pseudo_label_takes_the_nearest_for_empty_frames_and_the_ends():
+    labels = {2: box_label(0, 0, 4, 4), 6: EMPTY, 9: box_label(1, 1, 5, 5)}
+    assert pseudo_label(labels, 0) is labels[2]  # before the first annotation
+    assert pseudo_label(labels, 4) is labels[2]  # tie -> the earlier one
+    assert pseudo_label(labels, 5).empty  # nearest is the labelled negative
+    assert pseudo_label(labels, 12) is labels[9]
+    assert pseudo_label({}, 3) is None
+
+
+def test_render_foreground_fills_boxes_by_pixel_centres_and_scales():
+    fg = render_foreground(box_label(2, 1, 6, 3), (8, 8), (8, 8))
+    expected = np.zeros((8, 8), np.uint8)
+    expected[1:3, 2:6] = 1
+    assert np.array_equal(fg, expected)
+    small = render_foreground(box_label(2, 1, 6, 3), (8, 8), (4, 4))
+    assert small.sum() == 2 and small[0:2, 1:3].sum() == 2
+
+
+def test_render_foreground_uses_masks_when_present():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:4, 2:5] = 1
+    mask[2, 3] = 0
+    label = frame_label([[2, 1, 5, 4]], [rle_encode(mask)])
+    assert np.array_equal(render_foreground(label, (6, 6), (6, 6)), mask)
+
+
+def test_rle_round_trip_and_box():
+    mask = np.random.default_rng(0).random((7, 5)) > 0.6
+    counts = rle_encode(mask)
+    assert np.array_equal(rle_decode(counts, 7, 5), mask.astype(np.uint8))
+    ys, xs = np.nonzero(mask)
+    assert rle_to_box(counts, 7, 5).tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert rle_encode(np.ones((2, 2))).tolist() == [0, 4]
+    with pytest.raises(ValueError):
+        rle_decode(counts, 5, 5)
+
+
+def test_clip_targets_combine_labels_pseudo_labels_and_weights():
+    labels = {3: box_label(0, 0, 2, 2), 5: EMPTY}
+    t = clip_targets(labels, np.array([2, 3, 4, 5, 6]), (4, 4), (4, 4), sigma=1.0)
+    assert t["annotated"].tolist() == [False, True, False, True, False]
+    assert t["fg"].sum(axis=(1, 2)).tolist() == [4, 4, 4, 0, 0]
+    assert np.allclose(t["weight"], np.exp(-np.array([1, 0, 1, 0, 1]) ** 2 / 2))
+
+
+def test_labels_near_gives_the_same_targets_as_all_labels():
+    rng = np.random.default_rng(0)
+    annotated = np.sort(rng.choice(100, 12, replace=False))
+    labels = {int(a): box_label(a % 7, 0, a % 7 + 3, 4) for a in annotated}
+    for start in range(0, 92, 7):
+        frames = np.arange(start, start + 8)
+        near = labels_near(annotated, frames)
+        subset = {int(a): labels[int(a)] for a in near}
+        full = clip_targets(labels, frames, (8, 16), (8, 16), 1.3)
+        part = clip_targets(subset, frames, (8, 16), (8, 16), 1.3)
+        for key in full:
+            assert np.array_equal(full[key], part[key])
