@@ -7,7 +7,11 @@ A dataset directory (made by `raylab synth` or `raylab convert`) holds:
     quarantine.parquet  one row per video left out, with the reason (QUARANTINE_SCHEMA)
     gt/boxes.parquet    spatio-temporal ground truth, one row per (video_id, frame, actor) (GT_BOXES_SCHEMA)
     gt/segments.parquet temporal ground truth, one row per action instance (GT_SEGMENTS_SCHEMA)
-    videos/...          the video files, addressed by `path` relative to the directory
+    videos/...          the video files of a generated set
+
+`index.path` is relative to `dataset.json`'s "video_root" when it has one (a converted dataset keeps its
+videos where the user has them; `video_root` is that folder's absolute path), else relative to the
+dataset directory (a generated set). `annotations.load_dataset` returns absolute paths.
 
 Conventions (ARCHITECTURE.md): `video_id` is the path relative to the dataset root without extension;
 frames are 0-based; boxes are [x1, y1, x2, y2] float pixels of the stored resolution; masks are
