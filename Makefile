@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/raylab demo
+	$(VENV)/bin/raylab demo pipelines/asl_synth.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

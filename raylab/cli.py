@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("convert", help="convert a dataset you have into raylab's canonical layout")
-    p.add_argument("--from", dest="fmt", required=True, choices=["ucf101-24", "jhmdb", "thumos14", "activitynet"])
+    p.add_argument("--from", dest="fmt", required=True,
+                   choices=["ucf101-24", "jhmdb", "thumos14", "activitynet"])
     p.add_argument("src", help="folder with the annotation file(s), see docs/data-preparation.md")
     p.add_argument("out", help="new dataset directory (must not exist or be empty)")
     p.add_argument("--videos", default=None, help="folder of the video files (default SRC/videos)")

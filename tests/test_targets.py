@@ -6,6 +6,7 @@ from raylab.data.targets import (
     FrameLabel,
     clip_targets,
     frame_label,
+    group_labels,
     labels_near,
     pseudo_label,
     render_foreground,
@@ -106,3 +107,17 @@ def test_labels_near_gives_the_same_targets_as_all_labels():
         part = clip_targets(subset, frames, (8, 16), (8, 16), 1.3)
         for key in full:
             assert np.array_equal(full[key], part[key])
+
+
+def test_group_labels_reads_label_store_rows(tmp_path):
+    from raylab.data.labels import LabelStore
+
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 1:3] = 1
+    store = LabelStore(tmp_path / "labels")
+    store.append([{"video_id": "a", "frame": 3, "boxes": [[1, 1, 3, 3]], "box_labels": [0],
+                   "mask_rle": [rle_encode(mask).tolist()], "cost": 2.0},
+                  {"video_id": "a", "frame": 7, "cost": 0.0}], cycle=0, source="init")
+    grouped = group_labels(store.table())
+    assert sorted(grouped["a"]) == [3, 7] and grouped["a"][7].empty
+    assert np.array_equal(render_foreground(grouped["a"][3], (4, 4), (4, 4)), mask)

@@ -36,7 +36,7 @@ VideoLabels = Mapping[int, FrameLabel]
 def frame_label(boxes: Iterable, masks: Iterable | None = None) -> FrameLabel:
     """Build a FrameLabel from plain lists (as stored in parquet)."""
     b = np.asarray(list(boxes) if boxes is not None else [], dtype=np.float32).reshape(-1, 4)
-    m = tuple(np.asarray(c, dtype=np.int32) for c in (masks or ()))
+    m = tuple(np.asarray(c, dtype=np.int32) for c in (() if masks is None else masks))
     return FrameLabel(b, m if len(m) == len(b) else ())
 
 

@@ -1,0 +1,144 @@
+"""Clip streaming on Ray Data: the only Ray Data code of raylab.
+
+The clip index (which frames each clip holds, `clips.py`) is metadata and is built on the driver;
+`clip_dataset` turns it into a Ray Data dataset whose `map_batches` tasks decode only each clip's
+frames (decord, a short-lived reader per clip) and render the clip's targets from the sparse labels.
+Nothing materialises the whole set: batches stream to the consumer (a training loop via
+`iter_torch_batches` / a Ray Train dataset shard, or the scoring actor pool).
+
+A decoded batch is a dict of numpy arrays:
+    video_id   object [B]            the clip's video
+    frames     int32 [B, T]          0-based frame indices
+    owned      bool [B, T]           the clip is the one that scores this frame (dense tiling)
+    clip       uint8 [B, T, H, W, 3] RGB frames at the configured size
+    label      int32 [B]             class index of the video's action (-1: several / unknown)
+    fg         uint8 [B, T, H, W]    foreground target: labels on annotated frames, pseudo-labels elsewhere
+    annotated  bool [B, T]           frame is labelled in the label store
+    weight     float32 [B, T]        MGW (or masking / interpolation) loss weight of the frame
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from raylab.data.targets import FrameLabel, clip_targets, frame_label, labels_near
+from raylab.data.video import read_frames
+
+_PAYLOAD_TYPES = {
+    "ann_frames": pa.list_(pa.int32()),
+    "ann_boxes": pa.list_(pa.list_(pa.float32())),  # per annotated frame: K boxes flattened to 4K floats
+    "ann_masks": pa.list_(pa.list_(pa.list_(pa.int32()))),  # per annotated frame: K RLE counts, or []
+}
+
+
+def clip_table(
+    clips: pd.DataFrame,
+    index: pd.DataFrame,
+    video_root: str | Path,
+    labels: Mapping[str, Mapping[int, FrameLabel]] | None = None,
+) -> pa.Table:
+    """Join clip rows with what decoding needs: absolute path, size, class, and nearby labels.
+
+    Each clip carries only the annotated frames its targets depend on (`labels_near`), so decode
+    tasks are stateless and need no shared label table.
+    """
+    meta = index.set_index("video_id")
+    missing = sorted(set(clips["video_id"]) - set(meta.index))
+    if missing:
+        raise KeyError(f"clips name videos not in the index: {missing[:5]}")
+    m = meta.loc[clips["video_id"]]
+    root = Path(video_root).resolve()
+    cols = {
+        "video_id": clips["video_id"].tolist(),
+        "path": [str(root / p) for p in m["path"]],
+        "height": m["height"].to_numpy(np.int32),
+        "width": m["width"].to_numpy(np.int32),
+        "label": m["label"].to_numpy(np.int32),
+        "frames": [np.asarray(f, np.int32) for f in clips["frames"]],
+        "owned": [np.asarray(o, bool) for o in clips["owned"]],
+    }
+    labels = labels or {}
+    payload = [_clip_payload(labels.get(v, {}), f) for v, f in zip(clips["video_id"], clips["frames"])]
+    for j, key in enumerate(_PAYLOAD_TYPES):
+        cols[key] = pa.array([p[j] for p in payload], type=_PAYLOAD_TYPES[key])
+    return pa.table(cols)
+
+
+def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list, list, list]:
+    annotated = np.array(sorted(video_labels), dtype=np.int64)
+    near = labels_near(annotated, frames) if annotated.size else annotated
+    boxes = [video_labels[int(a)].boxes.ravel().tolist() for a in near]
+    masks = [[c.tolist() for c in video_labels[int(a)].masks] for a in near]
+    return near.tolist(), boxes, masks
+
+
+def decode_clips(
+    batch: pa.Table, size: tuple[int, int], sigma: float, weighting: str = "mgw"
+) -> dict[str, np.ndarray]:
+    """Decode a batch of clip rows (from `clip_table`) into frames and targets (see module doc)."""
+    rows = batch.to_pylist()
+    out: dict[str, list] = {k: [] for k in ("video_id", "frames", "owned", "clip", "label",
+                                            "fg", "annotated", "weight")}
+    for row in rows:
+        frames = np.asarray(row["frames"], dtype=np.int64)
+        labels = {
+            f: frame_label(np.reshape(b, (-1, 4)), m)
+            for f, b, m in zip(row["ann_frames"], row["ann_boxes"], row["ann_masks"])
+        }
+        targets = clip_targets(labels, frames, (row["height"], row["width"]), size, sigma, weighting)
+        out["clip"].append(read_frames(row["path"], frames, size))
+        out["video_id"].append(row["video_id"])
+        out["frames"].append(frames.astype(np.int32))
+        out["owned"].append(np.asarray(row["owned"], dtype=bool))
+        out["label"].append(row["label"])
+        for key in ("fg", "annotated", "weight"):
+            out[key].append(targets[key])
+    result = {k: np.stack(v) for k, v in out.items() if k not in ("video_id", "label")}
+    result["video_id"] = np.array(out["video_id"], dtype=object)
+    result["label"] = np.array(out["label"], dtype=np.int32)
+    return result
+
+
+def clip_dataset(
+    table: pa.Table,
+    size: tuple[int, int],
+    sigma: float,
+    weighting: str = "mgw",
+    batch_size: int = 8,
+    num_cpus: float = 1.0,
+):
+    """A Ray Data dataset of decoded clips, streamed in batches of `batch_size` clips.
+
+    The clip table is cut into blocks of `batch_size` rows so that decode tasks run in parallel over
+    the cluster's CPUs; each task decodes one block.
+    """
+    import ray.data
+
+    blocks = [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)] or [table]
+    return ray.data.from_arrow(blocks).map_batches(
+        decode_clips,
+        batch_size=None,  # one block (= batch_size clips) per call
+        batch_format="pyarrow",
+        fn_kwargs={"size": tuple(size), "sigma": sigma, "weighting": weighting},
+        num_cpus=num_cpus,
+    )
+
+
+def init_ray(address: str = "", num_cpus: int = 0) -> None:
+    """Start a local Ray (`address` "") with `num_cpus` CPUs (0 = all), or join a cluster ("auto", URI).
+
+    Does nothing when Ray is already initialised (tests, Ray jobs).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=num_cpus or None, include_dashboard=False)

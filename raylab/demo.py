@@ -1,0 +1,102 @@
+"""The main job on an embedded default, until the active-learning loop lands.
+
+Generates (or reuses) a SynthActions set, labels an initial random fraction of the training frames with
+the simulated oracle into the run's label store, and streams the training clips (around labelled frames,
+with pseudo-labels and MGW weights) and the dense scoring tiling through Ray Data, printing what it did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raylab.config import Config, to_yaml
+from raylab.data.annotations import load_dataset
+from raylab.data.clips import annotated_clips, tile_clips
+from raylab.data.labels import LabelStore
+from raylab.data.stream import clip_dataset, clip_table, init_ray
+from raylab.data.targets import group_labels
+from raylab.oracle import reveal_frames
+
+log = logging.getLogger(__name__)
+
+
+def ensure_dataset(cfg: Config) -> Path:
+    """The spatio-temporal dataset directory of the config, generating SynthActions when root is ""."""
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    out = Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}"
+    root = out / "spatiotemporal"
+    if not (root / "dataset.json").is_file():
+        from raylab.data.synthetic import generate
+
+        log.info("generating SynthActions (%s, seed %d) in %s",
+                 cfg.data.synth_preset, cfg.data.synth_seed, out)
+        generate(out, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
+    return root
+
+
+def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """A uniformly random `fraction` of all frames of the videos in `index` (at least one frame)."""
+    offsets = np.concatenate([[0], np.cumsum(index["num_frames"].to_numpy())])
+    count = max(1, int(round(fraction * offsets[-1])))
+    picks = np.sort(np.random.default_rng(seed).choice(offsets[-1], count, replace=False))
+    video = np.searchsorted(offsets, picks, side="right") - 1
+    return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
+
+
+def _consume(name: str, ds) -> dict:
+    """Iterate a clip dataset to the end; clips, seconds and target statistics."""
+    start, clips, fg, annotated, weight = time.perf_counter(), 0, [], 0, []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        clips += len(batch["video_id"])
+        fg.append(batch["fg"].mean())
+        annotated += int(batch["annotated"].sum())
+        weight.append(batch["weight"].mean())
+    seconds = time.perf_counter() - start
+    return {"stream": name, "clips": clips, "seconds": round(seconds, 2),
+            "clips_per_s": round(clips / max(seconds, 1e-9), 1),
+            "annotated_frames_seen": annotated,
+            "mean_foreground": round(float(np.mean(fg)) if fg else 0.0, 4),
+            "mean_mgw_weight": round(float(np.mean(weight)) if weight else 0.0, 4)}
+
+
+def run_demo(cfg: Config, run_dir: Path) -> list[dict]:
+    """Run the pre-loop main job and print one line per stream; returns the printed records."""
+    root = ensure_dataset(cfg)
+    meta, index, gt = load_dataset(root)
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+
+    store = LabelStore(run_dir / "labels", index=index)
+    if len(store) == 0:
+        requests = initial_requests(train, cfg.labels.init_fraction, cfg.seed)
+        store.append(reveal_frames(gt, requests), cycle=0, source="init")
+    labelled = store.labelled_frames()
+    frames_total = int(train["num_frames"].sum())
+    print(f"dataset {root}: {len(index)} videos ({len(train)} train), {len(meta['classes'])} classes; "
+          f"labelled {len(store)} of {frames_total} training frames "
+          f"({store.labelled_fraction(frames_total):.1%}), cost {store.cost():.0f} clicks")
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    labels = group_labels(store.table())
+    size, c = (cfg.clips.height, cfg.clips.width), cfg.clips
+    streams = {
+        "train (clips around labelled frames)": annotated_clips(
+            train, labelled, c.length, c.stride, c.clips_per_annotation, cfg.seed),
+        "score (dense tiling of the training videos)": tile_clips(train, c.length, c.stride),
+    }
+    records = []
+    for name, clips in streams.items():
+        table = clip_table(clips, index, root, labels)
+        ds = clip_dataset(table, size, cfg.labels.sigma, cfg.labels.loss_weighting, c.batch_size,
+                          cfg.ray.decode_num_cpus)
+        records.append(_consume(name, ds))
+        print(" ".join(f"{k}={v}" for k, v in records[-1].items()))
+    print(f"run directory: {run_dir} (config.yaml, labels/)")
+    return records
