@@ -39,10 +39,12 @@ class ClipConfig:
     width: int = 64  # decoded frame width (pixels)
     sampling: str = "annotated"  # "annotated": clips around labelled frames (training); "tile": dense tiling
     clips_per_annotation: int = 1  # training clips drawn around each annotated frame per epoch
-    batch_size: int = 8  # clips per Ray Data batch
+    batch_size: int = 8  # clips per batch handed to the consumer (training step, scorer)
+    clips_per_task: int = 64  # clips decoded by one Ray Data task (larger amortises per-task cost)
 
     def __post_init__(self):
-        for name in ("length", "stride", "height", "width", "clips_per_annotation", "batch_size"):
+        for name in ("length", "stride", "height", "width", "clips_per_annotation", "batch_size",
+                     "clips_per_task"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"clips.{name} must be >= 1, got {getattr(self, name)}")
         if self.sampling not in ("annotated", "tile"):

@@ -49,10 +49,10 @@ def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.Data
     return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
 
 
-def _consume(name: str, ds) -> dict:
+def _consume(name: str, ds, batch_size: int) -> dict:
     """Iterate a clip dataset to the end; clips, seconds and target statistics."""
     start, clips, fg, annotated, weight = time.perf_counter(), 0, [], 0, []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         clips += len(batch["video_id"])
         fg.append(batch["fg"].mean())
         annotated += int(batch["annotated"].sum())
@@ -94,9 +94,9 @@ def run_demo(cfg: Config, run_dir: Path) -> list[dict]:
     records = []
     for name, clips in streams.items():
         table = clip_table(clips, index, root, labels)
-        ds = clip_dataset(table, size, cfg.labels.sigma, cfg.labels.loss_weighting, c.batch_size,
+        ds = clip_dataset(table, size, cfg.labels.sigma, cfg.labels.loss_weighting, c.clips_per_task,
                           cfg.ray.decode_num_cpus)
-        records.append(_consume(name, ds))
+        records.append(_consume(name, ds, c.batch_size))
         print(" ".join(f"{k}={v}" for k, v in records[-1].items()))
     print(f"run directory: {run_dir} (config.yaml, labels/)")
     return records

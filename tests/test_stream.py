@@ -48,9 +48,9 @@ def test_ray_stream_yields_every_clip_once(ray_local, blob_dataset):
 
     root, index, labels = blob_dataset
     clips = tile_clips(index, length=4, stride=1)
-    ds = clip_dataset(clip_table(clips, index, root, labels), size=(16, 32), sigma=1.3, batch_size=2)
+    ds = clip_dataset(clip_table(clips, index, root, labels), size=(16, 32), sigma=1.3, clips_per_task=2)
     seen = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=3, batch_format="numpy"):
         assert batch["clip"].dtype == np.uint8 and batch["clip"].shape[1:] == (4, 16, 32, 3)
         for video, frames, owned in zip(batch["video_id"], batch["frames"], batch["owned"]):
             seen += [(video, int(f)) for f in frames[owned]]
@@ -58,6 +58,6 @@ def test_ray_stream_yields_every_clip_once(ray_local, blob_dataset):
     assert sorted(seen) == sorted(expected)
 
     train = annotated_clips(index, {v: np.array(sorted(l)) for v, l in labels.items()}, 4, 1, seed=0)
-    got = clip_dataset(clip_table(train, index, root, labels), (16, 32), 1.3, batch_size=2).take_all()
+    got = clip_dataset(clip_table(train, index, root, labels), (16, 32), 1.3, clips_per_task=2).take_all()
     assert len(got) == 3 and all(r["annotated"].any() for r in got)
     assert all(r["weight"][r["annotated"]].min() == 1.0 for r in got)
