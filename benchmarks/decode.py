@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,24 @@ def plain_loop(table, size) -> float:
     for path, f in zip(paths, frames):
         read_frames(path, np.asarray(f), size)
     return len(paths) / (time.perf_counter() - start)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process, MiB (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reader_memory(path: str, num_frames: int, clips: int, clip_len: int, size) -> dict:
+    """RSS after 10 and after `clips` random clips of one long video: flat when readers are short-lived."""
+    rng = np.random.default_rng(0)
+    after = {}
+    for i in range(1, clips + 1):
+        start = int(rng.integers(0, max(1, num_frames - clip_len)))
+        read_frames(path, np.arange(start, start + clip_len) % num_frames, size)
+        if i in (10, clips):
+            after[i] = round(rss_mb(), 1)
+    return {"long_video_frames": num_frames, "rss_mb_after_10_clips": after[10],
+            f"rss_mb_after_{clips}_clips": after[clips]}
 
 
 def stream(table, size, clips_per_task: int, batch_size: int, sigma: float) -> float:
@@ -65,8 +84,10 @@ def main() -> None:
     tmp = None
     if args.root is None:
         tmp = tempfile.TemporaryDirectory()
-        generate(tmp.name, preset=args.preset, seed=0, kinds=("spatiotemporal",))
+        generate(tmp.name, preset=args.preset, seed=0)
         args.root = str(Path(tmp.name) / "spatiotemporal")
+    long_root = Path(args.root).parent / "temporal"
+    long_index = load_dataset(long_root)[1] if long_root.is_dir() else None
     meta, index, gt = load_dataset(args.root)
     clips = tile_clips(index, args.clip_len, 1)
     clips = pd.concat([clips] * args.passes, ignore_index=True)  # enough clips to reach steady state
@@ -86,6 +107,8 @@ def main() -> None:
     streamed_pass(table.slice(0, 4 * args.clips_per_task))  # warm up Ray's worker processes
     plain = max(plain_loop(table, size) for _ in range(args.repeats))
     streamed = max(streamed_pass(table) for _ in range(args.repeats))
+    longest = (long_index if long_index is not None else index).sort_values("num_frames").iloc[-1]
+    memory = reader_memory(longest["path"], int(longest["num_frames"]), 600, args.clip_len, size)
     result = {
         "stream_clips_per_s": round(streamed, 2),
         "plain_clips_per_s": round(plain, 2),
@@ -97,6 +120,7 @@ def main() -> None:
         "clips_per_task": args.clips_per_task,
         "size": args.size,
         "preset": args.preset if tmp else args.root,
+        **memory,
     }
     print(json.dumps(result))
 

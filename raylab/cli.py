@@ -14,7 +14,8 @@ log = logging.getLogger("raylab")
 def _cmd_synth(args: argparse.Namespace) -> int:
     from raylab.data.synthetic import generate
 
-    summary = generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
+    summary = generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers,
+                       overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes writing videos in parallel")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("convert", help="convert a dataset you have into raylab's canonical layout")
@@ -72,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input or state a user can fix: reported in one line, no traceback."""
+    from raylab.config import ConfigError
+    from raylab.data.labels import LabelStoreError
+    from raylab.data.video import VideoError
+
+    return (ConfigError, LabelStoreError, VideoError, FileExistsError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -79,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        if args.verbose:
+            raise
+        print(f"raylab {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
