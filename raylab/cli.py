@@ -21,7 +21,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from raylab.data.annotations import AnnotationError, convert
+    from raylab.data.annotations import AnnotationError
+    from raylab.data.convert import convert
 
     try:
         summary = convert(args.fmt, args.src, args.out, videos=args.videos, split=args.split)

@@ -17,12 +17,12 @@ from raylab.data import schema
 from raylab.data.annotations import (
     AnnotationError,
     Problem,
-    convert,
     load_dataset,
     restricted_load,
     validate_boxes,
     validate_segments,
 )
+from raylab.data.convert import convert
 from raylab.data.rle import rle_decode
 from raylab.data.video import write_video
 

@@ -3,7 +3,7 @@
 Each reader returns a `Source`: the videos the annotation file lists (with the split, class and the sizes
 the file claims), the ground truth in the canonical columns of `schema.py` with `video_id` still spelled
 as in the file, and the problems it found in the file's structure. Checks against the video files and
-against frame / time ranges happen afterwards in `annotations.convert`, in one place for all formats.
+against frame / time ranges happen afterwards in `convert.convert`, in one place for all formats.
 
 Formats:
     ucf101-24, jhmdb   ACT detector ground-truth pickles (UCF101v2-GT.pkl, JHMDB-GT.pkl): a dict with
