@@ -8,6 +8,7 @@ resolved copy is saved in the run directory (`to_yaml`). Command-line overrides 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -68,6 +69,79 @@ class LabelConfig:
             raise ConfigError(f"labels.init_fraction must be in (0, 1], got {self.init_fraction}")
 
 
+DETECTOR_PRESETS = {
+    # name: (widths, depth, temporal_strides); spatial stride is 2 per stage
+    "small": ((16, 32, 64), 1, (1, 1, 2)),  # ~0.36M params: trains on 2 CPU cores in minutes
+    "i3d_like": ((64, 128, 256, 512), 2, (1, 1, 2, 2)),  # ~27M params, I3D-like widths, for GPUs
+}
+DETECTOR_HEADS = ("capsules", "linear")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    preset: str = "small"  # small (CPU) | i3d_like (GPU); fills the three fields below when left empty
+    widths: tuple[int, ...] = ()  # channels of each encoder stage; () = the preset's
+    depth: int = 0  # 3D convs per encoder stage; 0 = the preset's
+    temporal_strides: tuple[int, ...] = ()  # temporal stride of each stage (one per width); () = preset's
+    head: str = "capsules"  # capsules (VideoCapsuleNet, 2D dynamic routing) | linear (pooled features)
+    primary_caps: int = 16  # primary capsule types per position of the 2D grid
+    primary_dim: int = 8  # pose size of a primary capsule
+    class_dim: int = 16  # pose size of a class capsule
+    routing_iters: int = 3  # dynamic routing iterations (1 = uniform coupling, no routing)
+    cond_channels: int = 16  # channels of the class-conditioning map the localization decoder receives
+    dropout: float = 0.3  # dropout probability on the encoder features (the only stochastic layers)
+    weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
+
+    def __post_init__(self):
+        if self.preset not in DETECTOR_PRESETS:
+            raise ConfigError(f"detector.preset must be one of {sorted(DETECTOR_PRESETS)}, "
+                              f"got {self.preset!r}")
+        if self.head not in DETECTOR_HEADS:
+            raise ConfigError(f"detector.head must be one of {DETECTOR_HEADS}, got {self.head!r}")
+        widths, depth, strides = DETECTOR_PRESETS[self.preset]
+        object.__setattr__(self, "widths", tuple(self.widths) or widths)
+        object.__setattr__(self, "temporal_strides", tuple(self.temporal_strides) or strides)
+        object.__setattr__(self, "depth", self.depth or depth)
+        if len(self.temporal_strides) != len(self.widths):
+            raise ConfigError(f"detector.temporal_strides needs one stride per width ({len(self.widths)}), "
+                              f"got {self.temporal_strides}")
+        if min(self.widths) < 1 or min(self.temporal_strides) < 1 or self.depth < 1:
+            raise ConfigError("detector.widths, depth and temporal_strides must be >= 1")
+        for name in ("primary_caps", "primary_dim", "class_dim", "routing_iters", "cond_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"detector.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """(temporal, spatial) total stride of the encoder: clip sizes must be multiples of these."""
+        return math.prod(self.temporal_strides), 2 ** len(self.widths)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8  # passes over the cycle's training clips
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    cls_weight: float = 1.0  # weight of the classification (margin) loss in the total
+    loc_weight: float = 1.0  # weight of the localization (MGW-weighted BCE) loss in the total
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per worker and the nccl backend; gloo on CPU otherwise
+    cpus_per_worker: float = 1.0  # CPUs reserved per training worker
+    mixed_precision: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    checkpoint_every: int = 0  # epochs between periodic checkpoints (0 = only at the end of the cycle)
+    warm_start: bool = True  # start a cycle from the previous cycle's weights
+    max_failures: int = 1  # restarts from the last checkpoint when a training worker dies
+
+    def __post_init__(self):
+        for name in ("epochs", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.cpus_per_worker <= 0:
+            raise ConfigError("train.lr and train.cpus_per_worker must be > 0")
+
+
 @dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this machine belongs to
@@ -82,6 +156,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

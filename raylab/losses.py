@@ -3,11 +3,16 @@
 ASL's Max-Gaussian Weighted (MGW) loss (Eq.4) weights each frame of a training clip by its Gaussian
 proximity to the nearest annotated frame of the same video; `masking` (σ → 0) and `interpolation`
 (σ → ∞) are the two limits the paper compares against.
+
+The numpy functions (weights) run in data decoding; the torch losses consume their output in training:
+`detector_loss` = margin (or spread) loss for classification + `weighted_bce` for localization.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 LOSS_WEIGHTINGS = ("mgw", "masking", "interpolation")
 
@@ -61,3 +66,106 @@ def mgw_weights(
             raise ValueError(f"sigma must be > 0, got {sigma}")
         w = np.exp(-np.square(d) / (2.0 * sigma * sigma))  # exp(-inf) = 0 for videos without annotation
     return w.astype(np.float32)
+
+
+# ---- torch losses of the ASL detector (VideoCapsuleNet: margin / spread loss + per-pixel BCE) ----
+
+
+def _valid_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Label -1 (several / unknown action) carries no classification loss."""
+    return labels >= 0
+
+
+def margin_loss(
+    lengths: torch.Tensor, labels: torch.Tensor, m_plus: float = 0.9, m_minus: float = 0.1, lam: float = 0.5
+) -> torch.Tensor:
+    """Capsule margin loss (Sabour et al. 2017), summed over classes, mean over clips with a label.
+
+    L = sum_c T_c max(0, m+ - a_c)^2 + lam (1 - T_c) max(0, a_c - m-)^2, T_c = [c is the label].
+
+    Args:
+        lengths: float [B, C] class activations in [0, 1] (capsule lengths).
+        labels: int [B] class indices; -1 rows are left out (a batch without labels gives 0).
+
+    Returns:
+        scalar.
+    """
+    valid = _valid_labels(labels)
+    target = F.one_hot(labels.clamp_min(0).long(), lengths.shape[-1]).to(lengths.dtype)
+    per_class = target * F.relu(m_plus - lengths) ** 2 + lam * (1 - target) * F.relu(lengths - m_minus) ** 2
+    per_clip = per_class.sum(-1) * valid
+    return per_clip.sum() / valid.sum().clamp_min(1)
+
+
+def spread_margin(step: int, total_steps: int, m_min: float = 0.2, m_max: float = 0.9) -> float:
+    """Spread-loss margin growing linearly from m_min to m_max over training (Hinton et al. 2018, the
+    EM-routing paper whose spread loss VideoCapsuleNet trains with; it raises the margin in steps)."""
+    frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return m_min + (m_max - m_min) * frac
+
+
+def spread_loss(activations: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Spread loss L = sum_{c != t} max(0, margin - (a_t - a_c))^2, mean over clips with a label.
+
+    A small margin early (see `spread_margin`) keeps wrong classes from being pushed down too hard
+    before the capsules are trained.
+
+    Args:
+        activations: float [B, C] class activations; labels: int [B] (-1 rows left out).
+    """
+    valid = _valid_labels(labels)
+    idx = labels.clamp_min(0).long()
+    a_t = activations.gather(1, idx[:, None])  # [B, 1]
+    others = 1 - F.one_hot(idx, activations.shape[-1]).to(activations.dtype)
+    per_clip = (F.relu(margin - (a_t - activations)) ** 2 * others).sum(-1) * valid
+    return per_clip.sum() / valid.sum().clamp_min(1)
+
+
+def weighted_bce(
+    fg_logits: torch.Tensor, fg_target: torch.Tensor, frame_weight: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel BCE weighted per frame (the MGW loss, ASL Eq.4).
+
+    loss = sum_{b,t} w_bt * mean_pixels BCE(logit_bthw, target_bthw) / (B * T)
+
+    The normaliser is the fixed number of frames B * T, not sum(w): then w is a true loss weight — a
+    frame of weight 0 adds exactly 0 to the loss and to every gradient, and raising one frame's weight
+    does not lower the others'. With masking weights the loss is the annotated frames' BCE scaled by
+    |A| / (B T); with interpolation weights, the plain mean BCE over all frames.
+
+    Args:
+        fg_logits: float [B, T, H, W]; fg_target: {0, 1} (or soft) [B, T, H, W];
+        frame_weight: float [B, T] (`mgw_weights`).
+
+    Returns:
+        scalar.
+    """
+    bce = F.binary_cross_entropy_with_logits(fg_logits, fg_target.to(fg_logits.dtype), reduction="none")
+    per_frame = bce.flatten(2).mean(-1)  # [B, T]
+    return (per_frame * frame_weight.to(per_frame.dtype)).sum() / per_frame.numel()
+
+
+def detector_loss(
+    outputs: dict, batch: dict, cls_weight: float = 1.0, loc_weight: float = 1.0, **margin_kw
+) -> dict[str, torch.Tensor]:
+    """The ASL training loss: classification + MGW-weighted localization.
+
+    Args:
+        outputs: the detector's outputs; `class_lengths` (capsule head) takes the margin loss,
+            `class_logits` (linear head) the cross-entropy; `fg_logits` [B, T, H, W].
+        batch: tensors `label` int [B] (-1: no classification loss), `fg` [B, T, H, W] labels and
+            pseudo-labels, `weight` float [B, T] per-frame weights (raylab/models/detector.batch_tensors).
+        margin_kw: m_plus, m_minus, lam of `margin_loss`.
+
+    Returns:
+        total, classification, localization: scalars.
+    """
+    labels = batch["label"].long()
+    if "class_lengths" in outputs:
+        cls = margin_loss(outputs["class_lengths"], labels, **margin_kw)
+    else:
+        ce = F.cross_entropy(outputs["class_logits"], labels.clamp_min(0), reduction="none")
+        valid = _valid_labels(labels)
+        cls = (ce * valid).sum() / valid.sum().clamp_min(1)
+    loc = weighted_bce(outputs["fg_logits"], batch["fg"], batch["weight"])
+    return {"total": cls_weight * cls + loc_weight * loc, "classification": cls, "localization": loc}

@@ -1,0 +1,211 @@
+"""ASL's action detector: a simplified VideoCapsuleNet (ASL §3.3) sized for the hardware it runs on.
+
+    clip [B, 3, T, H, W] --encode--> features (one map per encoder stage, no dropout, deterministic in eval)
+    features --decode--> dropout on every feature map the decoder reads
+                         -> classification head (capsules with 2D routing, or linear)
+                         -> class-conditioned localization decoder -> per-pixel foreground logits per frame
+
+All randomness of a forward pass sits in `decode` (dropout is its first layer), so MC-dropout may run
+`encode` once and `decode` T times (raylab/models/mc.py) and get exactly what T full passes give.
+
+Class conditioning (VideoCapsuleNet's capsule masking): the localization decoder sees the class capsule
+poses of one class only — the ground-truth class during training, the predicted class (argmax) at
+inference or when the label is unknown (-1). The linear head conditions on a learned class embedding.
+
+Input size: T must be divisible by the product of `temporal_strides`, H and W by 2 ** len(widths)
+(each encoder stage halves the spatial size); the small preset takes T % 2 == 0, H % 8 == W % 8 == 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raylab.config import DetectorConfig  # noqa: F401  (re-exported: the detector's config)
+
+# ImageNet RGB statistics (the convention of the I3D / Kinetics backbones whose weights users may load)
+CLIP_MEAN = (0.485, 0.456, 0.406)
+CLIP_STD = (0.229, 0.224, 0.225)
+
+def clips_to_tensor(clip, device=None) -> torch.Tensor:
+    """uint8 clips [B, T, H, W, 3] (numpy or torch) -> float [B, 3, T, H, W] scaled to [0, 1] and
+    normalised per channel with CLIP_MEAN / CLIP_STD."""
+    x = torch.as_tensor(np.asarray(clip) if not torch.is_tensor(clip) else clip, device=device)
+    x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # [B, 3, T, H, W]
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def batch_tensors(batch: dict, device=None) -> dict[str, torch.Tensor]:
+    """The model's inputs and targets from a decoded batch (raylab/data/stream.py).
+
+    Returns:
+        clip float [B, 3, T, H, W]; label int64 [B] (-1 unknown); fg float [B, T, H, W];
+        weight float [B, T].
+    """
+    return {
+        "clip": clips_to_tensor(batch["clip"], device),
+        "label": torch.as_tensor(np.asarray(batch["label"], dtype=np.int64), device=device),
+        "fg": torch.as_tensor(np.asarray(batch["fg"]), device=device).float(),
+        "weight": torch.as_tensor(np.asarray(batch["weight"], dtype=np.float32), device=device),
+    }
+
+
+def _conv_bn(cin: int, cout: int, stride=1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """Capsule non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|; eps keeps the gradient finite at s = 0."""
+    n2 = s.pow(2).sum(dim, keepdim=True)
+    return s * (n2 / (1.0 + n2)) / torch.sqrt(n2 + eps)
+
+
+class CapsuleHead(nn.Module):
+    """Primary capsules on the 2D grid of time-pooled encoder features, routed to one capsule per class.
+
+    Dynamic routing (Sabour et al. 2017) over the 2D positions (ASL's "2D routing" in place of
+    VideoCapsuleNet's 3D routing). The transform from a primary capsule type to each class capsule is
+    shared over positions (convolutional capsules). Class activation = capsule length, in [0, 1).
+    """
+
+    def __init__(self, cin: int, num_classes: int, caps: int, pdim: int, cdim: int, iters: int):
+        super().__init__()
+        self.caps, self.pdim, self.iters = caps, pdim, iters
+        self.primary = nn.Conv2d(cin, caps * pdim, 1)
+        self.transform = nn.Parameter(torch.randn(caps, num_classes, cdim, pdim) * 0.05)
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, _, h, w = feat.shape
+        u = self.primary(feat.mean(2)).view(b, self.caps, self.pdim, h * w)  # [B, P, D, h*w]
+        u = squash(u.permute(0, 3, 1, 2), dim=-1)  # primary capsules [B, N=h*w, P, D]
+        u_hat = torch.einsum("pced,bnpd->bnpce", self.transform, u).flatten(1, 2)  # [B, N*P, C, E]
+        logits = u_hat.new_zeros(u_hat.shape[:3])  # routing logits [B, N*P, C]
+        for i in range(self.iters):
+            coupling = logits.softmax(-1)
+            v = squash((coupling.unsqueeze(-1) * u_hat).sum(1))  # class capsules [B, C, E]
+            if i < self.iters - 1:
+                logits = logits + (u_hat * v.unsqueeze(1)).sum(-1)
+        return v.norm(dim=-1), v  # lengths [B, C], poses [B, C, E]
+
+
+class Detector(nn.Module):
+    """The ASL detector (module doc). `forward(x, labels)` = `decode(encode(x), labels)`."""
+
+    def __init__(self, cfg: DetectorConfig, num_classes: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg, self.num_classes = cfg, num_classes
+        widths, ts = cfg.widths, cfg.temporal_strides
+        stages, cin = [], 3
+        for w, t in zip(widths, ts):
+            layers = [_conv_bn(cin, w, (t, 2, 2))] + [_conv_bn(w, w) for _ in range(cfg.depth - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.head == "capsules":
+            self.head = CapsuleHead(widths[-1], num_classes, cfg.primary_caps, cfg.primary_dim,
+                                    cfg.class_dim, cfg.routing_iters)
+            self.condition = nn.Linear(num_classes * cfg.class_dim, cfg.cond_channels)
+        else:
+            self.head = nn.Linear(widths[-1], num_classes)
+            self.condition = nn.Linear(num_classes, cfg.cond_channels)
+        self.bottleneck = _conv_bn(widths[-1] + cfg.cond_channels, widths[-1])
+        # decoder stage i undoes encoder stage i + 1 and merges encoder stage i's features (skip)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose3d(widths[i + 1], widths[i], (ts[i + 1], 2, 2), stride=(ts[i + 1], 2, 2))
+            for i in range(len(widths) - 1))
+        self.merge = nn.ModuleList(_conv_bn(2 * widths[i], widths[i]) for i in range(len(widths) - 1))
+        self.to_fg = nn.ConvTranspose3d(widths[0], 1, (ts[0], 2, 2), stride=(ts[0], 2, 2))
+        if cfg.weights:
+            load_weights(self, cfg.weights)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Clips float [B, 3, T, H, W] -> one feature map per stage, [B, widths[i], T_i, H_i, W_i]."""
+        t_stride, s_stride = self.cfg.strides
+        _, _, t, h, w = x.shape
+        if t % t_stride or h % s_stride or w % s_stride:
+            raise ValueError(f"clip size T×H×W = {t}×{h}×{w}: T must be a multiple of {t_stride} and "
+                             f"H, W of {s_stride} for this detector (preset {self.cfg.preset!r})")
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor], condition: torch.Tensor | None = None) -> dict:
+        """Dropout, classification and class-conditioned localization from the encoder's features.
+
+        Args:
+            feats: output of `encode`.
+            condition: the class the localization decoder is conditioned on: int [B] labels (-1 = use
+                the predicted class), or float [B, C] one-hot / probabilities; None = predicted class.
+
+        Returns:
+            class_lengths [B, C] capsule lengths (capsule head) or class_logits [B, C] (linear head);
+            class_probs [B, C] (lengths normalised to sum 1, or softmax of the logits);
+            fg_logits [B, T, H, W] per-pixel foreground logits of every frame.
+        """
+        feats = [self.dropout(f) for f in feats]  # the only stochastic layer of the detector
+        deep = feats[-1]  # [B, W_last, T', H', W']
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.head == "capsules":
+            scores, poses = self.head(deep)
+            out["class_lengths"] = scores
+            out["class_probs"] = scores / scores.sum(-1, keepdim=True).clamp_min(1e-8)
+        else:
+            scores = self.head(deep.mean((2, 3, 4)))
+            out["class_logits"] = scores
+            out["class_probs"] = scores.softmax(-1)
+        mask = self._class_mask(scores.detach(), condition)  # [B, C]
+        code = (poses * mask.unsqueeze(-1)).flatten(1) if self.cfg.head == "capsules" else mask
+        cond = self.condition(code)[:, :, None, None, None].expand(-1, -1, *deep.shape[2:])
+        y = self.bottleneck(torch.cat([deep, cond], 1))
+        for i in reversed(range(len(self.up))):
+            y = self.merge[i](torch.cat([self.up[i](y), feats[i]], 1))
+        out["fg_logits"] = self.to_fg(y).squeeze(1)  # [B, T, H, W]
+        return out
+
+    def _class_mask(self, scores: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        predicted = F.one_hot(scores.argmax(-1), self.num_classes).to(scores.dtype)
+        if condition is None:
+            return predicted
+        if condition.dim() == 2:
+            return condition.to(scores.dtype)
+        labels = condition.long()
+        known = (labels >= 0).unsqueeze(-1)
+        return torch.where(known, F.one_hot(labels.clamp_min(0), self.num_classes).to(scores.dtype),
+                           predicted)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """Full pass; `labels` int [B] condition the localization (training), None = predicted class."""
+        return self.decode(self.encode(x), labels)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a user-supplied state_dict from a local file, strictly; errors name the file and the keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path}: weights do not match this detector (check detector.preset / widths / head and the "
+            f"number of classes): missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+            f"({len(unexpected)}), shape mismatches {shapes[:5]} ({len(shapes)})")
+    model.load_state_dict(state, strict=True)
