@@ -1,0 +1,153 @@
+"""Masks for evaluation: mask IoU, the pixel-IoU accuracy protocol, and masks -> boxes and tubes.
+
+The pixel-IoU accuracy protocol is NOT mAP: it is the fraction of ground-truth frames (or videos)
+whose predicted mask overlaps the ground truth with pixel IoU >= t. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raylab.data.rle import rle_decode
+
+
+def as_mask(m, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A bool mask from an array ([H, W] or [T, H, W]) or an RLE.
+
+    RLEs are {"counts": [...], "size": [H, W]} (COCO, uncompressed) or a counts array with `shape`;
+    counts as in raylab.data.rle (column-major, first run zeros).
+    """
+    if isinstance(m, dict):
+        h, w = m["size"]
+        return rle_decode(np.asarray(m["counts"]), int(h), int(w)).astype(bool)
+    if shape is not None and np.asarray(m).ndim == 1:
+        return rle_decode(np.asarray(m), *shape).astype(bool)
+    return np.asarray(m).astype(bool)
+
+
+def _inter_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and union pixel counts over the last two axes."""
+    inter = np.logical_and(a, b).sum(axis=(-2, -1))
+    union = np.logical_or(a, b).sum(axis=(-2, -1))
+    return inter, union
+
+
+def mask_iou(rle_or_mask_a, rle_or_mask_b, shape: tuple[int, int] | None = None):
+    """Pixel IoU of two masks (or per frame of two [T, H, W] stacks); 0 where both are empty.
+
+    Args:
+        rle_or_mask_a, rle_or_mask_b: bool/0-1 arrays [H, W] or [T, H, W], or RLEs (see as_mask).
+        shape: (H, W) when the RLEs are bare counts arrays.
+
+    Returns:
+        float, or [T] float64 for stacks.
+    """
+    a, b = as_mask(rle_or_mask_a, shape), as_mask(rle_or_mask_b, shape)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    inter, union = _inter_union(a, b)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return float(iou) if iou.ndim == 0 else iou
+
+
+def pixel_iou_accuracy(pred_masks: dict, gt_masks: dict, thresholds=(0.5,), pred_labels=None, gt_labels=None):
+    """The pixel-IoU accuracy protocol of the ASL authors' lab (an accuracy, not an mAP).
+
+    ASL (Sec. 4) describes its evaluation as "the spatial IoU for each frame" and "the spatio-temporal
+    IoU per video". Here, precisely:
+      - frame accuracy@t: over every frame whose ground-truth mask is non-empty (all videos pooled), the
+        fraction whose pixel IoU(predicted mask, ground-truth mask) >= t;
+      - video accuracy@t: over every video with a non-empty ground truth, the fraction whose
+        spatio-temporal pixel IoU >= t, that IoU being sum over all its frames of |P and G| divided by
+        the sum of |P or G| (so foreground predicted on frames without ground truth lowers it).
+    With labels given, a video whose predicted class differs from its ground-truth class scores IoU 0
+    on all its frames.
+
+    Args:
+        pred_masks, gt_masks: {video: [T, H, W] bool/0-1 masks}; same videos, same shapes.
+        thresholds: IoU thresholds t.
+        pred_labels, gt_labels: optional {video: class index}.
+
+    Returns:
+        {"frame": {t: fraction}, "video": {t: fraction}}; a fraction is None when nothing is counted.
+    """
+    frame_ious, video_ious = [], []
+    for video, gt in gt_masks.items():
+        if video not in pred_masks:
+            raise KeyError(f"no predicted masks for video {video!r}")
+        g, p = as_mask(gt), as_mask(pred_masks[video])
+        if g.shape != p.shape:
+            raise ValueError(f"video {video!r}: predicted masks {p.shape} vs ground truth {g.shape}")
+        inter, union = _inter_union(p, g)
+        if pred_labels is not None and gt_labels is not None and pred_labels[video] != gt_labels[video]:
+            inter = np.zeros_like(inter)
+        gt_frames = g.any(axis=(-2, -1))
+        frame_ious.append(inter[gt_frames] / union[gt_frames])
+        if gt_frames.any():
+            video_ious.append(inter.sum() / union.sum())
+    f = np.concatenate(frame_ious) if frame_ious else np.zeros(0)
+    v = np.asarray(video_ious)
+
+    def frac(x, t):
+        return float(np.mean(x >= t)) if x.size else None
+
+    return {"frame": {t: frac(f, t) for t in thresholds}, "video": {t: frac(v, t) for t in thresholds}}
+
+
+def masks_to_detections(
+    video: str,
+    frames: np.ndarray,
+    fg_prob: np.ndarray,
+    class_probs: np.ndarray,
+    scale_xy=(1.0, 1.0),
+    threshold: float = 0.5,
+    top_k: int = 1,
+) -> tuple[list[dict], list[dict]]:
+    """Turn a video's predicted foreground masks into frame detections and tubes for evaluate_stad.
+
+    Per frame, the box is the tight box of (fg_prob >= threshold) scaled to the original resolution,
+    [c_first * sx, r_first * sy, (c_last + 1) * sx, (r_last + 1) * sy]: the convention in which targets
+    are rendered from boxes (pixels whose centre lies in [x1, x2), data/targets.py), so a detector
+    trained on a dataset's boxes gives boxes in that dataset's own numbers, whichever convention its
+    annotations use. The frame score for class c is class_prob[c] times the mean foreground
+    probability inside the mask. One tube per video for each of the top_k classes (by mean class
+    probability), over the frames that have a box; its score is the mean of its frame scores.
+
+    Args:
+        video: video name.
+        frames: [T] 0-based frame indices of the rows of fg_prob.
+        fg_prob: [T, H, W] foreground probabilities.
+        class_probs: [C] video-level or [T, C] per-frame class probabilities.
+        scale_xy: (sx, sy), original width / mask width and original height / mask height.
+        threshold: foreground threshold.
+        top_k: number of classes that get detections.
+
+    Returns:
+        (frame_detections, tube_detections) as in the evaluation JSON, frames 1-based.
+    """
+    fg = np.asarray(fg_prob, np.float64)  # [T, H, W]
+    frames = np.asarray(frames, np.int64)
+    t, h, w = fg.shape
+    probs = np.broadcast_to(np.asarray(class_probs, np.float64), (t, np.shape(class_probs)[-1]))  # [T, C]
+    mask = fg >= threshold
+    cols, rows = mask.any(axis=1), mask.any(axis=2)  # [T, W], [T, H]
+    has = cols.any(axis=1)
+    sx, sy = scale_xy
+    x1, y1 = cols.argmax(axis=1) * sx, rows.argmax(axis=1) * sy
+    x2 = (w - cols[:, ::-1].argmax(axis=1)) * sx
+    y2 = (h - rows[:, ::-1].argmax(axis=1)) * sy
+    fg_mean = (fg * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)  # [T]
+    classes = np.argsort(-probs.mean(axis=0), kind="stable")[:top_k]
+    frame_dets, tube_dets = [], []
+    idx = np.flatnonzero(has)
+    for c in classes:
+        scores = probs[idx, c] * fg_mean[idx]
+        boxes = [[float(x1[i]), float(y1[i]), float(x2[i]), float(y2[i])] for i in idx]
+        frame_dets += [
+            {"video": video, "frame": int(frames[i]) + 1, "label": int(c), "score": float(s), "box": b}
+            for i, s, b in zip(idx, scores, boxes)
+        ]
+        if idx.size:
+            tube = [[int(frames[i]) + 1, *b] for i, b in zip(idx, boxes)]
+            tube_dets.append({"video": video, "label": int(c), "score": float(scores.mean()), "boxes": tube})
+    return frame_dets, tube_dets
