@@ -45,16 +45,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from raylab.config import load_config
+    from raylab.loop import train_and_evaluate
+
+    cfg = load_config(args.pipeline, args.set)
+    line = train_and_evaluate(cfg, Path(args.run_dir or f"runs/{cfg.name}"), cycle=args.cycle)
+    print(json.dumps({k: v for k, v in line.items() if k != "train_history"}, indent=2))
+    return 0
+
+
+def _cmd_eval_stad(args: argparse.Namespace) -> int:
+    from raylab.eval.stad import evaluate_stad_file
+
+    print(json.dumps(evaluate_stad_file(args.file, protocol=args.protocol), indent=2))
+    return 0
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", nargs="?", default=None, help="pipeline YAML (overrides of the defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (SynthActions, local Ray)")
-    p.add_argument("pipeline", nargs="?", default=None, help="pipeline YAML (overrides of the defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    _pipeline_args(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train one cycle's detector on Ray Train and evaluate it")
+    _pipeline_args(p)
+    p.add_argument("--cycle", type=int, default=0, help="cycle number (warm-starts from cycle-1)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate predictions against ground truth")
+    eval_sub = p.add_subparsers(dest="metric", required=True)
+    q = eval_sub.add_parser("stad", help="frame-mAP and video-mAP (docs/evaluation.md)")
+    q.add_argument("file", help="GT_AND_PRED.json")
+    q.add_argument("--protocol", default="act", choices=["act", "voc"])
+    q.set_defaults(func=_cmd_eval_stad)
 
     p = sub.add_parser("synth", help="generate a SynthActions dataset (spatio-temporal and temporal sets)")
     p.add_argument("out", help="output directory")

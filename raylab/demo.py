@@ -12,41 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from raylab.config import Config, to_yaml
-from raylab.data.annotations import load_dataset
+from raylab.config import Config
 from raylab.data.clips import annotated_clips, tile_clips
-from raylab.data.labels import LabelStore
 from raylab.data.stream import clip_dataset, clip_table, init_ray
 from raylab.data.targets import group_labels
-from raylab.oracle import reveal_frames
+from raylab.loop import open_run
 
 log = logging.getLogger(__name__)
-
-
-def ensure_dataset(cfg: Config) -> Path:
-    """The spatio-temporal dataset directory of the config, generating SynthActions when root is ""."""
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    out = Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}"
-    root = out / "spatiotemporal"
-    if not (root / "dataset.json").is_file():
-        from raylab.data.synthetic import generate
-
-        log.info("generating SynthActions (%s, seed %d) in %s",
-                 cfg.data.synth_preset, cfg.data.synth_seed, out)
-        generate(out, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed)
-    return root
-
-
-def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """A uniformly random `fraction` of all frames of the videos in `index` (at least one frame)."""
-    offsets = np.concatenate([[0], np.cumsum(index["num_frames"].to_numpy())])
-    count = max(1, int(round(fraction * offsets[-1])))
-    picks = np.sort(np.random.default_rng(seed).choice(offsets[-1], count, replace=False))
-    video = np.searchsorted(offsets, picks, side="right") - 1
-    return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
 
 
 def _consume(name: str, ds, batch_size: int) -> dict:
@@ -67,16 +40,7 @@ def _consume(name: str, ds, batch_size: int) -> dict:
 
 def run_demo(cfg: Config, run_dir: Path) -> list[dict]:
     """Run the pre-loop main job and print one line per stream; returns the printed records."""
-    root = ensure_dataset(cfg)
-    meta, index, gt = load_dataset(root)
-    train = index[index["split"] == "train"].reset_index(drop=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-
-    store = LabelStore(run_dir / "labels", index=index)
-    if len(store) == 0:
-        requests = initial_requests(train, cfg.labels.init_fraction, cfg.seed)
-        store.append(reveal_frames(gt, requests), cycle=0, source="init")
+    root, meta, index, gt, train, store = open_run(cfg, run_dir)
     labelled = store.labelled_frames()
     frames_total = int(train["num_frames"].sum())
     print(f"dataset {root}: {len(index)} videos ({len(train)} train), {len(meta['classes'])} classes; "

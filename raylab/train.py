@@ -1,0 +1,200 @@
+"""Training of one active-learning cycle on Ray Train (DDP: gloo on CPU, nccl on GPU).
+
+`train_epoch` is plain torch. `train_func` is the only Ray-aware function: it builds the detector,
+resumes from Ray Train's checkpoint after a worker failure (or warm-starts from the previous cycle),
+wraps the model for DDP, and iterates its shard of the Ray Data clip stream. `train_cycle` sets up the
+TorchTrainer from the config and leaves the cycle's weights in `checkpoints/cycle=K/model.pt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from raylab.config import Config
+from raylab.losses import detector_loss
+from raylab.models.detector import Detector, DetectorConfig, batch_tensors, load_weights
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"  # {"model": state_dict, "optimizer": ..., "epoch": int, "num_classes": int, ...}
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    checkpoint: Path  # checkpoints/cycle=K/model.pt
+    history: list[dict]  # one dict of metrics per epoch (rank 0)
+    seconds: float
+
+
+def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cls_weight: float,
+                loc_weight: float) -> dict[str, float]:
+    """One pass over `batches` (decoded clip batches); returns mean loss terms and the clip count."""
+    model.train()
+    sums: dict[str, float] = {}
+    clips = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    for batch in batches:
+        tensors = batch_tensors(batch, device)
+        with autocast:
+            outputs = model(tensors["clip"], tensors["label"])  # conditioned on the true class
+        terms = detector_loss(outputs, tensors, cls_weight=cls_weight, loc_weight=loc_weight)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        n = len(tensors["label"])
+        clips += n
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * n
+    return {**{k: v / max(clips, 1) for k, v in sums.items()}, "clips": clips}
+
+
+def _save(path: Path, model, optimizer, epoch: int, meta: dict) -> None:
+    module = getattr(model, "module", model)  # unwrap DDP
+    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, **meta},
+               path)
+
+
+def train_func(config: dict) -> None:
+    """Ray Train worker loop (runs on every worker)."""
+    import ray.train
+    import ray.train.torch
+
+    detector_cfg = DetectorConfig(**config["detector"])
+    torch.manual_seed(config["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = Detector(detector_cfg, config["num_classes"])
+    optimizer_state, first_epoch = None, 0
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer_state, first_epoch = state["optimizer"], state["epoch"] + 1
+    elif config.get("warm_start"):
+        load_weights(model, config["warm_start"])
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    amp = config["mixed_precision"] and device.type == "cuda"
+    shard = ray.train.get_dataset_shard("train")
+    rank = ray.train.get_context().get_world_rank()
+    meta = {"num_classes": config["num_classes"], "detector": config["detector"]}
+    for epoch in range(first_epoch, config["epochs"]):
+        start = time.perf_counter()
+        # a different order every epoch, the same on every run
+        batches = shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
+                                     local_shuffle_buffer_size=4 * config["batch_size"],
+                                     local_shuffle_seed=config["seed"] + epoch)
+        metrics = train_epoch(model, batches, optimizer, device, amp, config["cls_weight"],
+                              config["loc_weight"])
+        metrics.update(epoch=epoch, seconds=time.perf_counter() - start)
+        last = epoch == config["epochs"] - 1
+        periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
+        if (last or periodic) and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                _save(Path(d) / MODEL_FILE, model, optimizer, epoch, meta)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def _epoch_log(path: Path):
+    """A Ray Train callback (it runs in the Train controller) appending rank 0's metrics per epoch to
+    `path` as JSON lines, and logging them: the cycle's progress, and its history afterwards."""
+    import ray.train
+
+    class EpochLog(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            line = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics[0].items()}
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            log.info("train epoch %d: %s", line.get("epoch", -1),
+                     " ".join(f"{k}={v:.4g}" for k, v in line.items() if isinstance(v, float)))
+
+    return EpochLog()
+
+
+def _check_cpus_left_for_decoding(train_cpus: float, decode_cpus: float) -> None:
+    """Training workers hold their CPUs for the whole cycle; the clip stream that feeds them needs CPUs
+    of its own, or both wait on each other forever."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total - train_cpus < decode_cpus:
+        raise ValueError(
+            f"train.num_workers x train.cpus_per_worker = {train_cpus:g} CPUs leaves "
+            f"{total - train_cpus:g} of the cluster's {total:g} for decoding clips, which needs "
+            f"ray.decode_num_cpus = {decode_cpus:g}: lower train.cpus_per_worker or ray.decode_num_cpus, "
+            "or add CPUs"
+        )
+
+
+def train_cycle(cfg: Config, run_dir: Path, cycle: int, dataset, num_classes: int) -> CycleResult:
+    """Train the detector of `cycle` on a Ray Data clip dataset (`stream.clip_dataset`).
+
+    Warm-starts from checkpoints/cycle=K-1/model.pt when `train.warm_start` is set and it exists.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    out = run_dir / "checkpoints" / f"cycle={cycle}"
+    previous = run_dir / "checkpoints" / f"cycle={cycle - 1}" / MODEL_FILE
+    warm = str(previous) if t.warm_start and previous.is_file() else cfg.detector.weights
+    loop_config = {
+        "detector": dataclasses.asdict(dataclasses.replace(cfg.detector, weights="")),
+        "num_classes": num_classes, "warm_start": warm,
+        **{k: getattr(t, k) for k in ("epochs", "lr", "weight_decay", "cls_weight", "loc_weight",
+                                     "mixed_precision", "checkpoint_every")},
+        "batch_size": cfg.clips.batch_size, "seed": cfg.seed + cycle,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    history_path = out / "history.jsonl"
+    history_path.unlink(missing_ok=True)
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            # a unique name: Ray Train resumes a run whose name it has seen before
+            name=f"cycle={cycle}-{uuid.uuid4().hex[:8]}",
+            storage_path=str((run_dir / "ray_train").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[_epoch_log(history_path)],
+        ),
+        datasets={"train": dataset},
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        tmp = out / f".{MODEL_FILE}.part"
+        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+        tmp.replace(out / MODEL_FILE)
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
+
+
+def load_detector(path: Path, device: str | torch.device = "cpu") -> Detector:
+    """The detector saved by `train_cycle`, in eval mode."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = Detector(DetectorConfig(**state["detector"]), state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
