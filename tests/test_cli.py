@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from raylab.cli import main
 from tests.test_annotations import act_dict, tube, write_act
 
@@ -43,3 +45,24 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     bad.write_text("clips:\n  lenght: 3\n")
     assert main(["demo", str(bad)]) == 2
     assert "unknown key(s) lenght" in capsys.readouterr().err
+
+
+def test_eval_stad_prints_the_maps_of_the_documented_json(tmp_path, capsys):
+    doc = {"labels": ["a", "b"],
+           "videos": {"v1": {"nframes": 3, "width": 64, "height": 48,
+                             "tubes": [{"label": 0, "boxes": [[1, 0, 0, 9, 9], [2, 0, 0, 9, 9]]}]},
+                      "v2": {"nframes": 2, "width": 64, "height": 48, "tubes": []}},
+           "frame_detections": [{"video": "v1", "frame": 1, "label": 0, "score": 0.9, "box": [0, 0, 9, 9]},
+                                {"video": "v2", "frame": 1, "label": 0, "score": 0.8, "box": [0, 0, 9, 9]},
+                                {"video": "v1", "frame": 2, "label": 0, "score": 0.7, "box": [0, 0, 9, 9]}],
+           "tube_detections": [{"video": "v1", "label": 0, "score": 0.9,
+                                "boxes": [[1, 0, 0, 9, 9], [2, 0, 0, 9, 9]]}]}
+    path = tmp_path / "gt_and_pred.json"
+    path.write_text(json.dumps(doc))
+    assert main(["eval", "stad", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # ranked: TP (1/1), FP (1/2), TP (2/3); ACT's trapezoid from (recall 0, precision 1):
+    # 0.5 * (1 + 1) / 2 + 0 + 0.5 * (1/2 + 2/3) / 2
+    assert out["frame_map"]["0.5"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2, abs=1e-6)
+    assert out["video_map"]["0.5"] == pytest.approx(1.0)
+    assert "b" in out["classes_without_gt"]

@@ -47,3 +47,35 @@ def test_all_labels_score_clearly_higher_than_one_percent(tmp_path):
     full = fit_and_evaluate(cfg, root, index, gt, meta["classes"], 1.0, epochs=10)
     assert full["frame_map"]["0.5"] > few["frame_map"]["0.5"] + 0.1, (few, full)
     assert full["video_map"]["0.2"] > few["video_map"]["0.2"] + 0.1, (few, full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["mgw", "masking", "interpolation"])
+def test_each_loss_weighting_trains(tmp_path_factory, weighting):
+    """The localization loss falls under MGW weights and under both of its limits."""
+    torch.set_num_threads(2)
+    synth = tmp_path_factory.getbasetemp() / "weighting-synth"  # generated once, shared by the three
+    cfg = load_config("pipelines/smoke.yaml",
+                      [f"data.synth_dir={synth}", f"labels.loss_weighting={weighting}"])
+    root = ensure_dataset(cfg)
+    meta, index, gt = load_dataset(root)
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    grouped = group_labels(reveal_frames(gt, initial_requests(train, 0.2, seed=0)))
+    labelled = {v: np.array(sorted(frames)) for v, frames in grouped.items()}
+    table = clip_table(annotated_clips(train, labelled, cfg.clips.length, 1, seed=0), index, root, grouped)
+    size = (cfg.clips.height, cfg.clips.width)
+    batches = [decode_clips(table.slice(i, 8), size, cfg.labels.sigma, weighting)
+               for i in range(0, table.num_rows, 8)]
+    weights = np.concatenate([b["weight"].ravel() for b in batches])
+    if weighting == "masking":
+        assert set(np.unique(weights)) == {0.0, 1.0}
+    elif weighting == "interpolation":
+        assert weights.min() == 1.0
+    else:
+        assert 0 < weights.min() < 1  # frames next to a labelled one get a partial weight
+    torch.manual_seed(0)
+    model = Detector(cfg.detector, len(meta["classes"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    losses = [train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)["localization"]
+              for _ in range(8)]
+    assert losses[-1] < 0.7 * losses[0], losses  # masking supervises fewer frames and falls slowest
