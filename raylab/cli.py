@@ -62,6 +62,28 @@ def _cmd_eval_stad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from raylab.acquisition.select import select_frames
+    from raylab.data.labels import LabelStore
+
+    index = pd.read_parquet(args.index)
+    num_frames = dict(zip(index["video_id"], index["num_frames"]))  # dataset order breaks ties
+    labels = Path(args.labels)
+    labelled = (LabelStore(labels).to_pandas() if labels.is_dir() else pd.read_parquet(labels))
+    picked = select_frames(pd.read_parquet(args.scores), labelled[["video_id", "frame"]], num_frames,
+                           args.budget, args.strategy, sigma=args.sigma, lam=args.lam, seed=args.seed,
+                           min_gap=args.min_gap)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.part")
+    picked.to_parquet(tmp, index=False)
+    tmp.replace(args.out)
+    print(f"selected {len(picked)} frames in {picked['video_id'].nunique()} videos with {args.strategy} "
+          f"-> {args.out}")
+    return 0
+
+
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", nargs="?", default=None, help="pipeline YAML (overrides of the defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -81,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_args(p)
     p.add_argument("--cycle", type=int, default=0, help="cycle number (warm-starts from cycle-1)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("select", help="pick the frames to annotate next from a score table")
+    p.add_argument("--scores", required=True, help="score table (video_id, frame, uncertainty[, entropy])")
+    p.add_argument("--labels", required=True, help="label store directory, or parquet (video_id, frame)")
+    p.add_argument("--index", required=True, help="the dataset's index.parquet (video order breaks ties)")
+    p.add_argument("--budget", type=int, required=True, help="frames to select")
+    p.add_argument("--strategy", default="apu-global", help="apu-global, apu-local, random, equidistant, "
+                   "uncertainty, entropy, sample")
+    p.add_argument("--sigma", type=float, default=1.3, help="APU proximity width in frames")
+    p.add_argument("--lam", type=float, default=0.5, help="APU weight of uncertainty vs proximity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-gap", type=int, default=5, help="entropy strategy: frames between picks")
+    p.add_argument("--out", required=True, help="selection parquet to write")
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("eval", help="evaluate predictions against ground truth")
     eval_sub = p.add_subparsers(dest="metric", required=True)

@@ -66,3 +66,25 @@ def test_eval_stad_prints_the_maps_of_the_documented_json(tmp_path, capsys):
     assert out["frame_map"]["0.5"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2, abs=1e-6)
     assert out["video_map"]["0.5"] == pytest.approx(1.0)
     assert "b" in out["classes_without_gt"]
+
+
+def test_select_reads_files_and_writes_the_selection(tmp_path, capsys):
+    import pandas as pd
+
+    from raylab.data.labels import LabelStore
+
+    index = pd.DataFrame({"video_id": ["b", "a"], "num_frames": [4, 3]})
+    index.to_parquet(tmp_path / "index.parquet")
+    scores = pd.DataFrame({"video_id": ["a", "a", "a", "b", "b", "b", "b"],
+                           "frame": [0, 1, 2, 0, 1, 2, 3],
+                           "uncertainty": [0.9, 0.1, 0.9, 0.9, 0.2, 0.2, 0.2]})
+    scores.to_parquet(tmp_path / "scores.parquet")
+    LabelStore(tmp_path / "labels").append([{"video_id": "a", "frame": 1, "cost": 0.0}], 0, "init")
+    args = ["select", "--scores", str(tmp_path / "scores.parquet"), "--labels", str(tmp_path / "labels"),
+            "--index", str(tmp_path / "index.parquet"), "--budget", "2", "--strategy", "uncertainty",
+            "--out", str(tmp_path / "sel.parquet")]
+    assert main(args) == 0
+    picked = pd.read_parquet(tmp_path / "sel.parquet")
+    # three frames tie at 0.9: video b comes first in the index, then a's lower frame
+    assert list(zip(picked["video_id"], picked["frame"], picked["rank"])) == [("b", 0, 0), ("a", 0, 1)]
+    assert "selected 2 frames" in capsys.readouterr().out
