@@ -62,6 +62,19 @@ def _cmd_eval_stad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from raylab.config import load_config
+    from raylab.score import score_cycle
+
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run / 'config.yaml'} not found: {run} is not a run directory")
+    cfg = load_config(run / "config.yaml", args.set)  # the run's resolved config
+    out = score_cycle(cfg, run, args.cycle)
+    print(f"scores of cycle {args.cycle} -> {out}")
+    return 0
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -103,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_args(p)
     p.add_argument("--cycle", type=int, default=0, help="cycle number (warm-starts from cycle-1)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="MC-dropout scores of a run's unlabelled frames (actor pool)")
+    p.add_argument("run", help="run directory (holds config.yaml and checkpoints/cycle=K)")
+    p.add_argument("--cycle", type=int, required=True, help="whose detector scores")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. score.actors=4")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("select", help="pick the frames to annotate next from a score table")
     p.add_argument("--scores", required=True, help="score table (video_id, frame, uncertainty[, entropy])")

@@ -143,6 +143,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    trials: int = 10  # MC-dropout trials T (encoder once, decoder T times)
+    tau: float = 0.9  # non-activity suppression: pixels called background with confidence > tau are ignored
+    actors: int = 1  # scoring actors in the Ray Data actor pool (one detector each, loaded once)
+    cpus_per_actor: float = 1.0  # CPUs reserved per scoring actor
+    gpus_per_actor: float = 0.0  # GPUs per scoring actor (e.g. 1, or 0.5 to share a GPU between two)
+    retry_on_errors: bool = True  # retry a batch whose actor task raised (Ray restarts dead actors itself)
+
+    def __post_init__(self):
+        if self.trials < 1 or self.actors < 1:
+            raise ConfigError("score.trials and score.actors must be >= 1")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"score.tau must be in (0, 1], got {self.tau}")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this machine belongs to
     num_cpus: int = 0  # CPUs of a local Ray (0 = all of this machine's)
@@ -158,6 +174,7 @@ class Config:
     labels: LabelConfig = field(default_factory=LabelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

@@ -60,10 +60,11 @@ def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cl
     return {**{k: v / max(clips, 1) for k, v in sums.items()}, "clips": clips}
 
 
-def _save(path: Path, model, optimizer, epoch: int, meta: dict) -> None:
+def save_detector(path: Path, model, **extra) -> None:
+    """Save a detector (DDP-wrapped or not) with what `load_detector` needs, plus `extra` entries."""
     module = getattr(model, "module", model)  # unwrap DDP
-    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, **meta},
-               path)
+    torch.save({"model": module.state_dict(), "num_classes": module.num_classes,
+                "detector": dataclasses.asdict(module.cfg), **extra}, path)
 
 
 def train_func(config: dict) -> None:
@@ -91,7 +92,6 @@ def train_func(config: dict) -> None:
     amp = config["mixed_precision"] and device.type == "cuda"
     shard = ray.train.get_dataset_shard("train")
     rank = ray.train.get_context().get_world_rank()
-    meta = {"num_classes": config["num_classes"], "detector": config["detector"]}
     for epoch in range(first_epoch, config["epochs"]):
         start = time.perf_counter()
         # a different order every epoch, the same on every run
@@ -105,7 +105,7 @@ def train_func(config: dict) -> None:
         periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
         if (last or periodic) and rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                _save(Path(d) / MODEL_FILE, model, optimizer, epoch, meta)
+                save_detector(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)

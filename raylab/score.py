@@ -1,0 +1,125 @@
+"""MC-dropout scoring of the unlabelled frames with a Ray Data actor pool.
+
+The training videos are tiled densely (every frame owned by exactly one clip); the clip stream decodes
+them in tasks, and a pool of `MCScorer` actors (`map_batches` with a callable class, one detector per
+actor loaded once from the cycle's checkpoint) runs MC dropout — the encoder once, the decoder T times,
+only the dropout layers in train mode — and turns the foreground probabilities of every owned,
+unlabelled frame into ASL's frame uncertainty (Eq.1 with τ), pixel entropy and foreground fraction.
+The score table is written in shards to scores/cycle=K/.
+
+Each batch draws its dropout masks from a seed derived from its clips (video and first frame), not
+from the actor's RNG state, so a batch retried on another actor, or scored by a pool of another
+size, gives the same scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from raylab.acquisition.frame import frame_scores
+from raylab.config import Config
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("video_id", "frame", "uncertainty", "entropy", "fg_fraction")
+
+
+def batch_seed(video_ids, frames) -> int:
+    """A seed that depends only on which clips a batch holds."""
+    key = "|".join(f"{v}:{int(f[0])}" for v, f in zip(video_ids, frames))
+    return zlib.crc32(key.encode())
+
+
+def frame_rows(batch: dict, fg_probs: np.ndarray, tau: float) -> dict[str, np.ndarray]:
+    """Score rows of the owned, unlabelled frames of a batch.
+
+    Args:
+        batch: a decoded clip batch (data/stream.py): video_id [B], frames [B, T], owned [B, T],
+            annotated [B, T].
+        fg_probs: [trials, B, T, H, W] MC-dropout foreground probabilities.
+    """
+    b_idx, t_idx = np.nonzero(batch["owned"] & ~batch["annotated"])  # [N] each
+    scores = frame_scores(fg_probs[:, b_idx, t_idx], tau)  # fg_probs[...]: [trials, N, H, W]
+    return {"video_id": np.asarray(batch["video_id"])[b_idx].astype(object),
+            "frame": batch["frames"][b_idx, t_idx].astype(np.int32),
+            **{k: scores[k].astype(np.float32) for k in SCORE_COLUMNS[2:]}}
+
+
+class MCScorer:
+    """`map_batches` callable: one detector per actor, MC dropout over each batch of decoded clips."""
+
+    def __init__(self, checkpoint: str, trials: int, tau: float, use_gpu: bool = False):
+        import torch
+
+        from raylab.models.mc import enable_mc_dropout
+        from raylab.train import load_detector
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = enable_mc_dropout(load_detector(Path(checkpoint), self.device))
+        self.trials, self.tau = trials, tau
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from raylab.models.detector import clips_to_tensor
+        from raylab.models.mc import mc_forward
+
+        with torch.no_grad():
+            fg_probs, _ = mc_forward(self.model, clips_to_tensor(batch["clip"], self.device), self.trials,
+                                     seed=batch_seed(batch["video_id"], batch["frames"]))
+        return frame_rows(batch, fg_probs.float().cpu().numpy(), self.tau)
+
+
+def score_dataset(clips, checkpoint: Path, cfg: Config):
+    """The scoring stage on top of a clip dataset (`stream.clip_dataset` of a dense tiling)."""
+    import ray.data
+
+    s = cfg.score
+    if s.retry_on_errors:
+        ray.data.DataContext.get_current().actor_task_retry_on_errors = True
+    return clips.map_batches(
+        MCScorer,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "trials": s.trials, "tau": s.tau,
+                               "use_gpu": s.gpus_per_actor > 0},
+        batch_size=cfg.clips.batch_size,  # an integer batch size: required with GPUs per actor
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=s.actors),
+        num_cpus=s.cpus_per_actor,
+        num_gpus=s.gpus_per_actor or None,
+    )
+
+
+def score_cycle(cfg: Config, run_dir: Path, cycle: int) -> Path:
+    """Score every unlabelled training frame with cycle K's detector into scores/cycle=K/ (shards).
+
+    The shards are written to a temporary folder that replaces scores/cycle=K only when complete, so
+    an interrupted scoring leaves either nothing or the whole table.
+    """
+    from raylab.data.clips import tile_clips
+    from raylab.data.stream import clip_dataset, clip_table, init_ray
+    from raylab.data.targets import group_labels
+    from raylab.loop import open_run
+    from raylab.train import MODEL_FILE
+
+    checkpoint = run_dir / "checkpoints" / f"cycle={cycle}" / MODEL_FILE
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} not found: train cycle {cycle} first (raylab train --cycle "
+                                f"{cycle})")
+    root, meta, index, gt, train, store = open_run(cfg, run_dir)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    c = cfg.clips
+    table = clip_table(tile_clips(train, c.length, c.stride), index, root, group_labels(store.table()))
+    clips = clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
+                         c.clips_per_task, cfg.ray.decode_num_cpus)
+    out = run_dir / "scores" / f"cycle={cycle}"
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    score_dataset(clips, checkpoint, cfg).write_parquet(str(tmp.resolve()))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

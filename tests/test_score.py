@@ -1,0 +1,57 @@
+"""MC-dropout scoring with the Ray Data actor pool on the tiny SynthActions set."""
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raylab.config import load_config
+from raylab.loop import open_run
+from raylab.models.detector import Detector
+from raylab.score import frame_rows
+from raylab.train import MODEL_FILE, save_detector
+
+
+def test_frame_rows_keep_owned_unlabelled_frames_only():
+    batch = {"video_id": np.array(["a", "b"], dtype=object), "frames": np.array([[0, 1], [4, 5]]),
+             "owned": np.array([[True, True], [False, True]]),
+             "annotated": np.array([[False, True], [False, False]])}
+    probs = np.full((3, 2, 2, 4, 4), 0.5)  # maximal uncertainty everywhere
+    rows = frame_rows(batch, probs, tau=0.9)
+    assert list(zip(rows["video_id"], rows["frame"])) == [("a", 0), ("b", 5)]
+    assert np.allclose(rows["uncertainty"], 1.0) and np.allclose(rows["fg_fraction"], 1.0)
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory):
+    synth, run = tmp_path_factory.mktemp("synth"), tmp_path_factory.mktemp("run")
+    cfg = load_config("pipelines/smoke.yaml", [f"data.synth_dir={synth}", "labels.init_fraction=0.2",
+                                               "score.trials=4", "clips.clips_per_task=8"])
+    root, meta, index, gt, train, store = open_run(cfg, run)
+    torch.manual_seed(0)
+    (run / "checkpoints" / "cycle=0").mkdir(parents=True)
+    save_detector(run / "checkpoints" / "cycle=0" / MODEL_FILE, Detector(cfg.detector, len(meta["classes"])))
+    return cfg, run, train, store
+
+
+def read_scores(path) -> pd.DataFrame:
+    return pd.read_parquet(path).sort_values(["video_id", "frame"]).reset_index(drop=True)
+
+
+@pytest.mark.ray
+def test_every_unlabelled_frame_is_scored_once_and_pool_size_does_not_change_scores(ray_local, scored_run):
+    from raylab.score import score_cycle
+
+    cfg, run, train, store = scored_run
+    one = read_scores(score_cycle(cfg, run, 0))
+    labelled = {(v, int(f)) for v, frames in store.labelled_frames().items() for f in frames}
+    expected = {(v, f) for v, n in zip(train["video_id"], train["num_frames"]) for f in range(n)} - labelled
+    assert len(one) == len(expected) and set(zip(one["video_id"], one["frame"])) == expected
+    assert one["uncertainty"].between(0, 1).all() and one["uncertainty"].std() > 0
+    assert len(list((run / "scores" / "cycle=0").glob("*.parquet"))) > 1  # written in shards
+
+    pool_of_two = replace(cfg, score=replace(cfg.score, actors=2, cpus_per_actor=0.5))
+    two = read_scores(score_cycle(pool_of_two, run, 0))
+    pd.testing.assert_frame_equal(one, two)
