@@ -6,7 +6,7 @@ included) and is consumed by this driver. Throughput per core used = clips/s div
 each side was given. Last line of output: JSON
 {"stream_clips_per_s", "plain_clips_per_s", "ratio", ...} where ratio is the per-core ratio.
 
-    python benchmarks/decode.py --preset small --num-cpus 2
+    python -m benchmarks.decode --preset small --num-cpus 2
 """
 
 from __future__ import annotations

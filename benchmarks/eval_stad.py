@@ -5,7 +5,7 @@ Each video has one ground-truth tube of a random class over a random span and th
 detections and 3,000 tubes over 24 classes. Last line of output: JSON
 {"act_s", "voc_s", "parse_s", "videos", "frames", "frame_detections", "tube_detections"}.
 
-    python benchmarks/eval_stad.py
+    python -m benchmarks.eval_stad
 """
 
 from __future__ import annotations

@@ -4,24 +4,18 @@ Also times the naive reference (re-score every candidate after every pick) on a 
 and checks that both pick the same frames with the same scores. The last line printed is JSON:
 {"apu_global_1m_s", "naive_speedup", "identical", ...}.
 
-    .venv/bin/python benchmarks/select.py
+    .venv/bin/python -m benchmarks.select
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import json
+import time
 
-# This file is named like the stdlib module `select`: keep its folder off sys.path before any import.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
+import pandas as pd
 
-import json  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from raylab.acquisition.select import SelectOptions, _naive_apu_global, apu_global, build_pool, select_frames  # noqa: E402
+from raylab.acquisition.select import SelectOptions, _naive_apu_global, apu_global, build_pool, select_frames
 
 
 def make_pool(num_videos: int, frames_per_video: int, labelled_fraction: float, seed: int = 0):

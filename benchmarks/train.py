@@ -5,8 +5,8 @@ set and reads clips/s off the per-epoch history (the first epoch, which starts t
 the stream, is left out). On a GPU machine pass --use-gpu to train with one GPU per worker. Last line of
 output: JSON {"clips_per_s": {"1": ..., "2": ...}, "scaling_2_vs_1": ..., ...}.
 
-    python benchmarks/train.py                       # CPU: 1 and 2 workers
-    python benchmarks/train.py --use-gpu --workers 1 # GPU
+    python -m benchmarks.train                       # CPU: 1 and 2 workers
+    python -m benchmarks.train --use-gpu --workers 1 # GPU
 """
 
 from __future__ import annotations
