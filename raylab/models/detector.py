@@ -10,8 +10,8 @@
 All randomness of a forward pass sits in `decode` (dropout is its first layer), so MC-dropout may run
 `encode` once and `decode` T times (raylab/models/mc.py) and get exactly what T full passes give. The
 decoder is light (pointwise convolutions, nearest upsampling, additions) and the encoder carries the
-capacity, so the shared encoder saves most of the cost of T passes (4.4x for T = 10 on the small preset,
-8 clips of 8x64x64 on one CPU thread).
+capacity, so the shared encoder saves most of the cost of T passes (3.5x for T = 10 on the small preset,
+8 clips of 8x64x64 on one CPU thread; benchmarks/score.py).
 
 Class conditioning (VideoCapsuleNet's capsule masking): the localization decoder sees the class capsule
 poses of one class only — the ground-truth class during training, the predicted class (argmax) at
@@ -66,6 +66,18 @@ def _conv_bn(cin: int, cout: int, stride=1, kernel: int = 3) -> nn.Sequential:
                          nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
+class _Residual(nn.Module):
+    """relu(x + bn(conv3x3x3(x))): the extra convolutions of an encoder stage, trainable at depth."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn(self.conv(x)))
+
+
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """Capsule non-linearity v = |s|^2 / (1 + |s|^2) * s / |s|; eps keeps the gradient finite at s = 0."""
     n2 = s.pow(2).sum(dim, keepdim=True)
@@ -111,7 +123,7 @@ class Detector(nn.Module):
         widths, ts = cfg.widths, cfg.temporal_strides
         stages, cin = [], 3
         for w, t in zip(widths, ts):
-            layers = [_conv_bn(cin, w, (t, 2, 2))] + [_conv_bn(w, w) for _ in range(cfg.depth - 1)]
+            layers = [_conv_bn(cin, w, (t, 2, 2))] + [_Residual(w) for _ in range(cfg.depth - 1)]
             stages.append(nn.Sequential(*layers))
             cin = w
         self.stages = nn.ModuleList(stages)
