@@ -117,17 +117,21 @@ class _GreedyAPU:
         self.alive[c] = False
         np.minimum(self.dist[s:e], np.abs(self.pool.frame[s:e] - self.pool.frame[c]), out=self.dist[s:e])
 
-    def initial_best(self) -> list[tuple[float, int, int, int]]:
-        """Heap entries (-S, video, frame, candidate) of every video's best candidate, vectorised."""
+    def heap(self) -> list[tuple[float, int, int, int]]:
+        """A heap of (-S, video, frame, candidate) holding every video's best unpicked candidate."""
         p = self.pool
-        if p.size == 0:
+        if not self.alive.any():
             return []
-        S = apu_scores(p.uncertainty, self.table[self.dist], self.lam)  # [M]
+        S = np.where(self.alive, apu_scores(p.uncertainty, self.table[self.dist], self.lam), -np.inf)  # [M]
         nonempty = np.flatnonzero(np.diff(p.starts) > 0)
         seg_max = np.maximum.reduceat(S, p.starts[nonempty])  # [V'] reduceat over non-empty segments
         is_max = np.flatnonzero(S == np.repeat(seg_max, np.diff(p.starts)[nonempty]))
         first = is_max[np.searchsorted(is_max, p.starts[nonempty])]  # first maximum of each video
-        return list(zip((-S[first]).tolist(), nonempty.tolist(), p.frame[first].tolist(), first.tolist()))
+        live = np.isfinite(seg_max)  # videos with a candidate left
+        first, videos = first[live], nonempty[live]
+        heap = list(zip((-S[first]).tolist(), videos.tolist(), p.frame[first].tolist(), first.tolist()))
+        heapq.heapify(heap)
+        return heap
 
 
 def _initial_distance(pool: FramePool, none: int) -> np.ndarray:
@@ -143,13 +147,8 @@ def _initial_distance(pool: FramePool, none: int) -> np.ndarray:
 
 
 def _greedy_global(state: _GreedyAPU, budget: int, picked: list, scores: list) -> None:
-    """Pick `budget` frames (or all left) by max S over all videos, re-scoring the picked video."""
-    heap = []
-    for v in range(len(state.pool.video_ids)):
-        if (b := state.best(v)) is not None:
-            heap.append((-b[0], v, int(state.pool.frame[b[1]]), b[1]))
-    heapq.heapify(heap)
-    _drain(state, heap, budget, picked, scores)
+    """Pick until `picked` holds `budget` frames (or none is left) by max S over all videos."""
+    _drain(state, state.heap(), budget, picked, scores)
 
 
 def _drain(state: _GreedyAPU, heap: list, budget: int, picked: list, scores: list) -> None:
@@ -171,12 +170,9 @@ def apu_global(pool: FramePool, budget: int, opts: SelectOptions) -> tuple[np.nd
 
     Exactly `_naive_apu_global` (re-score everything after every pick), in O(M + b (M_v + log V)).
     """
-    state = _GreedyAPU(pool, opts)
-    heap = state.initial_best()
-    heapq.heapify(heap)
     picked: list[int] = []
     scores: list[float] = []
-    _drain(state, heap, budget, picked, scores)
+    _greedy_global(_GreedyAPU(pool, opts), budget, picked, scores)
     return np.asarray(picked, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
 
