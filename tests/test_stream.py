@@ -61,3 +61,35 @@ def test_ray_stream_yields_every_clip_once(ray_local, blob_dataset):
     got = clip_dataset(clip_table(train, index, root, labels), (16, 32), 1.3, clips_per_task=2).take_all()
     assert len(got) == 3 and all(r["annotated"].any() for r in got)
     assert all(r["weight"][r["annotated"]].min() == 1.0 for r in got)
+
+
+@pytest.mark.ray
+def test_feature_windows_stream_every_snippet_once(ray_local, tmp_path):
+    from raylab.data.stream import feature_dataset, feature_index
+
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(23, 5)), "sub/b": rng.normal(size=(7, 5))}
+    for name, array in arrays.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / f"{name}.npy", array.astype(np.float32))
+    index = feature_index(tmp_path)
+    assert index[["video_id", "num_frames", "dim"]].values.tolist() == [["a", 23, 5], ["sub/b", 7, 5]]
+    windows = tile_clips(index, length=8, stride=1)
+    seen = {}
+    for batch in feature_dataset(windows, index, windows_per_task=2).iter_batches(batch_size=4):
+        assert batch["features"].shape[1:] == (8, 5)
+        for video, frames, owned, feats in zip(batch["video_id"], batch["frames"], batch["owned"],
+                                               batch["features"]):
+            assert np.array_equal(feats, arrays[video][frames].astype(np.float32))  # padding repeats
+            for f in frames[owned]:
+                assert (video, int(f)) not in seen
+                seen[(video, int(f))] = True
+    assert len(seen) == 23 + 7
+
+
+def test_feature_index_names_a_bad_file(tmp_path):
+    from raylab.data.stream import feature_index
+
+    np.save(tmp_path / "bad.npy", np.zeros(4))
+    with pytest.raises(ValueError, match="bad.npy: expected features of shape"):
+        feature_index(tmp_path)

@@ -148,3 +148,57 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         ray.init(address=address)
     else:
         ray.init(num_cpus=num_cpus or None, include_dashboard=False)
+
+
+# ---- feature sequences (temporal pipeline) -------------------------------------------------------------
+#
+# One .npy per video of shape [T, D] (T snippets of D features, e.g. the released I3D features of
+# THUMOS'14). Windows of snippets are tiled exactly like clips of frames (`clips.tile_clips` with
+# num_frames = T), and decoding reads only a window's rows from a memory-mapped file.
+
+
+def feature_index(folder: str | Path) -> pd.DataFrame:
+    """video_id, path, num_frames (= snippets T), dim (D) of every <video_id>.npy below `folder`.
+
+    Raises:
+        ValueError: a file that is not a 2-D array, naming it.
+    """
+    rows = []
+    for path in sorted(Path(folder).rglob("*.npy")):
+        array = np.load(path, mmap_mode="r")  # reads the header only
+        if array.ndim != 2 or array.shape[0] == 0:
+            raise ValueError(f"{path}: expected features of shape [T, D] with T > 0, got {array.shape}")
+        video_id = path.relative_to(folder).with_suffix("").as_posix()
+        rows.append((video_id, str(path.resolve()), int(array.shape[0]), int(array.shape[1])))
+    return pd.DataFrame(rows, columns=["video_id", "path", "num_frames", "dim"])
+
+
+def decode_features(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Read the snippets of each window (rows from `feature_index` joined with a tiling).
+
+    Returns:
+        video_id object [B]; frames int32 [B, W] snippet indices; owned bool [B, W];
+        features float32 [B, W, D].
+    """
+    rows = batch.to_pylist()
+    features = [np.asarray(np.load(r["path"], mmap_mode="r")[np.asarray(r["frames"])], dtype=np.float32)
+                for r in rows]
+    return {"video_id": np.array([r["video_id"] for r in rows], dtype=object),
+            "frames": np.array([r["frames"] for r in rows], dtype=np.int32),
+            "owned": np.array([r["owned"] for r in rows], dtype=bool),
+            "features": np.stack(features)}
+
+
+def feature_dataset(windows: pd.DataFrame, index: pd.DataFrame, windows_per_task: int = 64,
+                    num_cpus: float = 1.0):
+    """A Ray Data dataset of feature windows (`clips.tile_clips(index, window, stride)`), streamed."""
+    import ray.data
+
+    paths = index.set_index("video_id")["path"]
+    table = pa.table({"video_id": windows["video_id"].tolist(),
+                      "path": paths.loc[windows["video_id"]].tolist(),
+                      "frames": [np.asarray(f, np.int32) for f in windows["frames"]],
+                      "owned": [np.asarray(o, bool) for o in windows["owned"]]})
+    blocks = [table.slice(i, windows_per_task) for i in range(0, table.num_rows, windows_per_task)] or [table]
+    return ray.data.from_arrow(blocks).map_batches(decode_features, batch_size=None, batch_format="pyarrow",
+                                                   num_cpus=num_cpus)
