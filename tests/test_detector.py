@@ -43,7 +43,7 @@ def test_batch_tensors_types():
 
 def test_config_presets_and_validation():
     cfg = DetectorConfig()
-    assert cfg.widths == (16, 32, 64) and cfg.depth == 2 and cfg.strides == (2, 8)
+    assert cfg.widths == (24, 48, 64) and cfg.depth == 2 and cfg.strides == (2, 8)
     assert DetectorConfig(preset="i3d_like").strides == (4, 16)
     assert DetectorConfig(widths=[8, 16], temporal_strides=[1, 2]).widths == (8, 16)
     for bad in ({"preset": "huge"}, {"head": "em"}, {"dropout": 1.0}, {"widths": (8, 16)},

@@ -10,8 +10,8 @@
 All randomness of a forward pass sits in `decode` (dropout is its first layer), so MC-dropout may run
 `encode` once and `decode` T times (raylab/models/mc.py) and get exactly what T full passes give. The
 decoder is light (pointwise convolutions, nearest upsampling, additions) and the encoder carries the
-capacity, so the shared encoder saves most of the cost of T passes (3.5x for T = 10 on the small preset,
-8 clips of 8x64x64 on one CPU thread; benchmarks/score.py).
+capacity (the small preset's shallow stages are wide), so the shared encoder saves most of the cost of
+T passes: 4x for T = 10 on the small preset, 8 clips of 8x64x64 on one CPU thread (benchmarks/score.py).
 
 Class conditioning (VideoCapsuleNet's capsule masking): the localization decoder sees the class capsule
 poses of one class only — the ground-truth class during training, the predicted class (argmax) at
