@@ -15,7 +15,7 @@ from raylab.acquisition.frame import (
     frame_uncertainty,
     pixel_entropy,
 )
-from raylab.losses import mgw_weights
+from raylab.proximity import mgw_weights
 
 
 def probs(*frames):

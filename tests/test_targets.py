@@ -11,7 +11,7 @@ from raylab.data.targets import (
     pseudo_label,
     render_foreground,
 )
-from raylab.losses import mgw_weights
+from raylab.proximity import mgw_weights
 
 
 def box_label(*box):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raylab.losses import nearest_annotated_distance
+from raylab.proximity import nearest_annotated_distance
 
 LN2 = float(np.log(2.0))
 
@@ -112,7 +112,7 @@ def apu_proximity(frames: np.ndarray, annotated: np.ndarray, sigma: float = 1.3)
     """ASL Eq.2: D_i = 1 - exp(-(i - a)^2 / (2σ^2)), a = the annotated frame of the video nearest to i.
 
     D = 0 on an annotated frame, rises towards 1 away from annotations, and is 1 everywhere in a video
-    with no annotation. This is 1 - `raylab.losses.mgw_weights(frames, annotated, sigma, "mgw")`,
+    with no annotation. This is 1 - `raylab.proximity.mgw_weights(frames, annotated, sigma, "mgw")`,
     computed in float64 (the loss weights are float32) from the same nearest-annotation search.
 
     Args:

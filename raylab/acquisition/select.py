@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from raylab.acquisition.frame import apu_proximity, apu_scores
-from raylab.losses import nearest_annotated_distance
+from raylab.proximity import nearest_annotated_distance
 
 
 @dataclass(frozen=True)

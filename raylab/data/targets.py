@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raylab.data.rle import rle_decode
-from raylab.losses import mgw_weights
+from raylab.proximity import mgw_weights
 
 
 @dataclass(frozen=True)
