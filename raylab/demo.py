@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from raylab.config import Config
-from raylab.data.clips import annotated_clips, tile_clips
-from raylab.data.stream import clip_dataset, clip_table, init_ray
-from raylab.data.targets import group_labels
-from raylab.loop import open_run
+from raylab.data.clips import tile_clips
+from raylab.data.stream import init_ray
+from raylab.loop import clip_stream, open_run, training_dataset
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +40,20 @@ def _consume(name: str, ds, batch_size: int) -> dict:
 def run_demo(cfg: Config, run_dir: Path) -> list[dict]:
     """Run the pre-loop main job and print one line per stream; returns the printed records."""
     root, meta, index, gt, train, store = open_run(cfg, run_dir)
-    labelled = store.labelled_frames()
     frames_total = int(train["num_frames"].sum())
     print(f"dataset {root}: {len(index)} videos ({len(train)} train), {len(meta['classes'])} classes; "
           f"labelled {len(store)} of {frames_total} training frames "
           f"({store.labelled_fraction(frames_total):.1%}), cost {store.cost():.0f} clicks")
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    labels = group_labels(store.table())
-    size, c = (cfg.clips.height, cfg.clips.width), cfg.clips
+    c = cfg.clips
     streams = {
-        "train (clips around labelled frames)": annotated_clips(
-            train, labelled, c.length, c.stride, c.clips_per_annotation, cfg.seed),
-        "score (dense tiling of the training videos)": tile_clips(train, c.length, c.stride),
+        "train (clips around labelled frames)": training_dataset(cfg, root, index, train, store, cycle=0),
+        "score (dense tiling of the training videos)": clip_stream(
+            cfg, tile_clips(train, c.length, c.stride), root, index, store),
     }
     records = []
-    for name, clips in streams.items():
-        table = clip_table(clips, index, root, labels)
-        ds = clip_dataset(table, size, cfg.labels.sigma, cfg.labels.loss_weighting, c.clips_per_task,
-                          cfg.ray.decode_num_cpus)
+    for name, ds in streams.items():
         records.append(_consume(name, ds, c.batch_size))
         print(" ".join(f"{k}={v}" for k, v in records[-1].items()))
     print(f"run directory: {run_dir} (config.yaml, labels/)")

@@ -64,6 +64,14 @@ def open_run(cfg: Config, run_dir: Path):
     return root, meta, index, gt, train, store
 
 
+def clip_stream(cfg: Config, clips: pd.DataFrame, root: Path, index: pd.DataFrame, store: LabelStore):
+    """The Ray Data stream of `clips` with the run's labels, at the config's clip size, σ and weighting."""
+    c = cfg.clips
+    table = clip_table(clips, index, root, group_labels(store.table()))
+    return clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
+                        c.clips_per_task, cfg.ray.decode_num_cpus)
+
+
 def training_dataset(cfg: Config, root: Path, index: pd.DataFrame, train: pd.DataFrame, store: LabelStore,
                      cycle: int):
     """The Ray Data clip stream of a cycle: clips around every labelled frame, in a seeded random order."""
@@ -71,9 +79,7 @@ def training_dataset(cfg: Config, root: Path, index: pd.DataFrame, train: pd.Dat
     clips = annotated_clips(train, store.labelled_frames(), c.length, c.stride, c.clips_per_annotation,
                             seed=cfg.seed + cycle)
     clips = clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
-    table = clip_table(clips, index, root, group_labels(store.table()))
-    return clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
-                        c.clips_per_task, cfg.ray.decode_num_cpus)
+    return clip_stream(cfg, clips, root, index, store)
 
 
 def evaluate_cycle(cfg: Config, checkpoint: Path, root: Path, meta: dict, index: pd.DataFrame,

@@ -101,9 +101,8 @@ def score_cycle(cfg: Config, run_dir: Path, cycle: int) -> Path:
     an interrupted scoring leaves either nothing or the whole table.
     """
     from raylab.data.clips import tile_clips
-    from raylab.data.stream import clip_dataset, clip_table, init_ray
-    from raylab.data.targets import group_labels
-    from raylab.loop import open_run
+    from raylab.data.stream import init_ray
+    from raylab.loop import clip_stream, open_run
     from raylab.train import MODEL_FILE
 
     checkpoint = run_dir / "checkpoints" / f"cycle={cycle}" / MODEL_FILE
@@ -112,10 +111,7 @@ def score_cycle(cfg: Config, run_dir: Path, cycle: int) -> Path:
                                 f"{cycle})")
     root, meta, index, gt, train, store = open_run(cfg, run_dir)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    c = cfg.clips
-    table = clip_table(tile_clips(train, c.length, c.stride), index, root, group_labels(store.table()))
-    clips = clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
-                         c.clips_per_task, cfg.ray.decode_num_cpus)
+    clips = clip_stream(cfg, tile_clips(train, cfg.clips.length, cfg.clips.stride), root, index, store)
     out = run_dir / "scores" / f"cycle={cycle}"
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

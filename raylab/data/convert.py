@@ -9,7 +9,6 @@ quarantine.parquet with the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -243,9 +242,7 @@ def _write_dataset(out: Path, source, ann: Path, extra: dict, index, gt, quarant
     tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
     try:
         (tmp / "gt").mkdir(parents=True)
-        schema.write_meta(tmp, out.name, source.kind, source.classes, str(ann.absolute()))
-        meta = json.loads((tmp / schema.META_FILE).read_text()) | extra
-        (tmp / schema.META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        schema.write_meta(tmp, out.name, source.kind, source.classes, str(ann.absolute()), **extra)
         _write_table(index, schema.INDEX_SCHEMA, tmp / schema.INDEX_FILE)
         q = pd.DataFrame(quarantine, columns=schema.QUARANTINE_SCHEMA.names)
         _write_table(q, schema.QUARANTINE_SCHEMA, tmp / schema.QUARANTINE_FILE)

@@ -40,11 +40,6 @@ def rle_decode(counts: np.ndarray, height: int, width: int) -> np.ndarray:
     return flat.reshape((height, width), order="F")
 
 
-def rle_area(counts: np.ndarray) -> int:
-    """Number of foreground pixels."""
-    return int(np.asarray(counts, dtype=np.int64)[1::2].sum())
-
-
 def rle_to_box(counts: np.ndarray, height: int, width: int) -> np.ndarray | None:
     """Tight [x1, y1, x2, y2] box (x2, y2 exclusive) around the foreground, or None when empty."""
     mask = rle_decode(counts, height, width)

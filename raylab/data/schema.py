@@ -79,11 +79,11 @@ GT_BOXES_FILE = "gt/boxes.parquet"
 GT_SEGMENTS_FILE = "gt/segments.parquet"
 
 
-def write_meta(root: Path, name: str, kind: str, classes: list[str], source: str) -> None:
-    """Write dataset.json (kind, class names, where the data came from)."""
+def write_meta(root: Path, name: str, kind: str, classes: list[str], source: str, **extra) -> None:
+    """Write dataset.json (kind, class names, where the data came from, and any `extra` keys)."""
     if kind not in KINDS:
         raise ValueError(f"dataset kind must be one of {KINDS}, got {kind!r}")
-    meta = {"name": name, "kind": kind, "classes": list(classes), "source": source}
+    meta = {"name": name, "kind": kind, "classes": list(classes), "source": source, **extra}
     (Path(root) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
