@@ -158,6 +158,41 @@ class ScoreConfig:
             raise ConfigError(f"score.tau must be in (0, 1], got {self.tau}")
 
 
+ORACLES = ("simulated", "human")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    strategy: str = "apu-global"  # frame selection (docs/selection.md): apu-global | apu-local | random |
+    #                               equidistant | uncertainty | entropy | sample
+    lam: float = 0.5  # APU: S = lam * U + (1 - lam) * D (ASL Eq.3); sigma of D is labels.sigma
+    min_gap: int = 5  # entropy strategy: minimum frames between two picks in a video
+    step_fraction: float = 0.01  # frames selected per cycle, as a fraction of all training frames
+    cycles: int = 3  # training cycles at most (cycle 0 trains on the initial labels)
+    budget: float = 1.0  # stop once this fraction of the training frames is labelled
+    target_metric: str = ""  # stop once this metric reaches target_value, e.g. "frame_map@0.5"; "" = never
+    target_value: float = 0.0  # the value of target_metric that ends the run
+    oracle: str = "simulated"  # simulated (reveals ground truth) | human (raylab export / raylab import)
+    clicks_per_actor: float = 2.0  # annotation cost of one box (two corners)
+
+    def __post_init__(self):
+        from raylab.acquisition.select import STRATEGIES  # the registry, with strategies users added
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"loop.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.oracle not in ORACLES:
+            raise ConfigError(f"loop.oracle must be one of {', '.join(ORACLES)}, got {self.oracle!r}")
+        if not 0 <= self.lam <= 1:
+            raise ConfigError(f"loop.lam must be in [0, 1], got {self.lam}")
+        if not 0 < self.step_fraction <= 1 or not 0 < self.budget <= 1:
+            raise ConfigError("loop.step_fraction and loop.budget must be in (0, 1]")
+        if self.cycles < 1 or self.min_gap < 0 or self.clicks_per_actor < 0:
+            raise ConfigError("loop.cycles must be >= 1, loop.min_gap and loop.clicks_per_actor >= 0")
+        if self.target_metric and "@" not in self.target_metric:
+            raise ConfigError(f"loop.target_metric looks like frame_map@0.5 or video_map@0.2, "
+                              f"got {self.target_metric!r}")
+
+
 @dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this machine belongs to
@@ -175,6 +210,7 @@ class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

@@ -22,17 +22,16 @@ from raylab.data.labels import LabelStore
 from raylab.data.stream import clip_dataset, clip_table, init_ray
 from raylab.data.targets import group_labels
 from raylab.oracle import reveal_frames
+from raylab.rundir import dataset_root
 
 log = logging.getLogger(__name__)
 
 
 def ensure_dataset(cfg: Config) -> Path:
     """The spatio-temporal dataset directory of the config, generating SynthActions when root is ""."""
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    out = Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}"
-    root = out / "spatiotemporal"
-    if not (root / "dataset.json").is_file():
+    root = dataset_root(cfg)
+    if not cfg.data.root and not (root / "dataset.json").is_file():
+        out = root.parent
         from raylab.data.synthetic import generate
 
         log.info("generating SynthActions (%s, seed %d) in %s",

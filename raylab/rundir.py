@@ -1,0 +1,208 @@
+"""The run directory: where each step of a run writes, and state.json, the record of the steps done.
+
+    runs/NAME/
+        config.yaml                resolved config (a rerun must match it)
+        state.json                 {"run_id", "cycle", "step", "finished", "stop_reason"}: last step done
+        labels/                    the label store (data/labels.py)
+        checkpoints/cycle=K/       model.pt, history.jsonl
+        metrics/cycle=K.json       the evaluation of cycle K; metrics.jsonl is rebuilt from these
+        metrics.jsonl              one line per cycle
+        scores/cycle=K/            score shards (score.py)
+        selections/cycle=K.parquet video_id, frame, score, rank, strategy
+        exports/cycle=K/           tasks for annotators (human oracle)
+        report/                    plots and index.html
+
+Every file is written to a temporary name and renamed, so a kill leaves each either absent or whole.
+No Ray here: the oracle's import/export and the report read runs through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from raylab.config import Config, load_config
+
+STEPS = ("train", "evaluate", "score", "select", "annotate")  # the steps of a cycle, in order
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+
+
+class RunStateError(Exception):
+    """A run directory that cannot be used as asked (not a run, another config, a pending selection)."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def write_parquet_atomic(path: Path, df: pd.DataFrame) -> None:
+    """Write a table to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The paths of one run directory."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def labels(self) -> Path:
+        return self.path / "labels"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    def checkpoint_dir(self, cycle: int) -> Path:
+        return self.path / "checkpoints" / f"cycle={cycle}"
+
+    def cycle_metrics(self, cycle: int) -> Path:
+        return self.path / "metrics" / f"cycle={cycle}.json"
+
+    def scores(self, cycle: int) -> Path:
+        return self.path / "scores" / f"cycle={cycle}"
+
+    def selection(self, cycle: int) -> Path:
+        return self.path / "selections" / f"cycle={cycle}.parquet"
+
+    def exports(self, cycle: int) -> Path:
+        return self.path / "exports" / f"cycle={cycle}"
+
+
+def read_state(run: Path) -> dict:
+    """state.json of a run: run_id, cycle and step of the last completed step (step None: nothing yet)."""
+    path = RunPaths(Path(run)).state
+    if not path.is_file():
+        raise RunStateError(f"{path} not found: {run} is not a run directory (start one with raylab run)")
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunStateError(f"{path} is not valid JSON: {e}") from e
+    for key in ("run_id", "cycle", "step"):
+        if key not in state:
+            raise RunStateError(f"{path} lacks {key!r}")
+    return state
+
+
+def write_state(run: Path, **fields) -> dict:
+    """Update state.json (atomically) with `fields`; returns the new state."""
+    path = RunPaths(Path(run)).state
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    state.update(fields)
+    write_atomic(path, json.dumps(state, indent=1) + "\n")
+    return state
+
+
+def new_state(run: Path) -> dict:
+    """The state of a run that has done nothing yet, with a fresh run_id."""
+    return write_state(run, run_id=uuid.uuid4().hex, cycle=0, step=None, finished=False, stop_reason=None)
+
+
+def next_step(state: dict) -> tuple[int, str]:
+    """(cycle, step) that comes after the last completed one."""
+    if state["step"] is None:
+        return 0, STEPS[0]
+    i = STEPS.index(state["step"])
+    if i + 1 < len(STEPS):
+        return int(state["cycle"]), STEPS[i + 1]
+    return int(state["cycle"]) + 1, STEPS[0]
+
+
+def run_config(run: Path, overrides: list[str] = ()) -> Config:
+    """The resolved config saved in a run directory."""
+    path = RunPaths(Path(run)).config
+    if not path.is_file():
+        raise RunStateError(f"{path} not found: {run} is not a run directory")
+    return load_config(path, overrides)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl (one per evaluated cycle), cycles ascending."""
+    path = RunPaths(Path(run)).metrics
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_selection(run: Path, cycle: int) -> pd.DataFrame:
+    """selections/cycle=K.parquet of a run: video_id, frame, score, rank, strategy."""
+    path = RunPaths(Path(run)).selection(cycle)
+    if not path.is_file():
+        raise RunStateError(f"{path} not found: cycle {cycle} of {run} has no selection")
+    return pd.read_parquet(path)
+
+
+def pending_selection(run: Path) -> int | None:
+    """The cycle whose selection waits for annotations (select done, annotate not), else None."""
+    state = read_state(run)
+    if state["step"] == "select":
+        return int(state["cycle"])
+    return None
+
+
+def dataset_root(cfg: Config) -> Path:
+    """The spatio-temporal dataset directory of a config (data.root, or where SynthActions is generated)."""
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    return Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}" / "spatiotemporal"
+
+
+@dataclass
+class RunData:
+    """A run's config, paths and dataset (meta, index, gt with absolute video paths)."""
+
+    cfg: Config
+    paths: RunPaths
+    root: Path
+    meta: dict
+    index: pd.DataFrame
+    gt: pd.DataFrame
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.index[self.index["split"] == "train"].reset_index(drop=True)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def load_run(run: Path) -> RunData:
+    """Open an existing run directory and its dataset (nothing is generated or written)."""
+    from raylab.data.annotations import load_dataset
+
+    cfg = run_config(run)
+    root = dataset_root(cfg)
+    if not (root / "dataset.json").is_file():
+        raise RunStateError(f"dataset of run {run} not found at {root} (data.root in {RunPaths(Path(run)).config})")
+    meta, index, gt = load_dataset(root)
+    return RunData(cfg, RunPaths(Path(run)), root, meta, index, gt)
