@@ -85,7 +85,8 @@ def main() -> None:
             f"data.synth_preset={args.preset}", f"data.synth_dir={tmp}/synth", "labels.init_fraction=0.0001",
             f"score.trials={args.trials}", "score.actors=2", "score.cpus_per_actor=0.75",
             "ray.decode_num_cpus=0.5", "clips.clips_per_task=16"])
-        root, meta, index, gt, train, store = open_run(cfg, Path(tmp) / "run")
+        data, store = open_run(cfg, Path(tmp) / "run")
+        root, meta, index, train = data.root, data.meta, data.index, data.train
         torch.manual_seed(0)
         model = Detector(cfg.detector, len(meta["classes"]))
         checkpoint = Path(tmp) / MODEL_FILE

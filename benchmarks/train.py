@@ -26,9 +26,8 @@ from raylab.train import train_cycle
 
 
 def clips_per_s(cfg, run_dir: Path) -> dict:
-    root, meta, index, gt, train, store = open_run(cfg, run_dir)
-    result = train_cycle(cfg, run_dir, 0, training_dataset(cfg, root, index, train, store, 0),
-                         len(meta["classes"]))
+    data, store = open_run(cfg, run_dir)
+    result = train_cycle(cfg, run_dir, 0, training_dataset(cfg, data, store, 0), len(data.classes))
     steady = result.history[1:] or result.history
     # each worker reports its own shard: the cluster's clips per epoch are clips x workers
     clips = sum(h["clips"] for h in steady) * cfg.train.num_workers

@@ -45,13 +45,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     from raylab.config import load_config
-    from raylab.loop import train_and_evaluate
+    from raylab.loop import run_loop
 
-    cfg = load_config(args.pipeline, args.set)
-    line = train_and_evaluate(cfg, Path(args.run_dir or f"runs/{cfg.name}"), cycle=args.cycle)
-    print(json.dumps({k: v for k, v in line.items() if k != "train_history"}, indent=2))
+    pipeline = args.pipeline
+    if pipeline is None and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
+        pipeline = Path(args.run_dir) / "config.yaml"  # resume a run with its own config
+    cfg = load_config(pipeline, args.set)
+    run_loop(cfg, Path(args.run_dir or f"runs/{cfg.name}"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from raylab.loop import describe_run
+
+    print(describe_run(Path(args.run)))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from raylab.oracle import export_selection
+
+    out = export_selection(Path(args.run), args.format, Path(args.out) if args.out else None)
+    print(f"tasks for {args.format} -> {out}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from raylab.oracle import import_annotations
+
+    summary = import_annotations(Path(args.run), Path(args.file))
+    print(json.dumps(summary, indent=2))
+    print(f"continue the run with: raylab run --run-dir {args.run}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from raylab.report import write_report
+
+    html = write_report([Path(r) for r in args.runs], Path(args.out))
+    print(f"report -> {html}")
     return 0
 
 
@@ -63,14 +97,14 @@ def _cmd_eval_stad(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from raylab.config import load_config
+    from raylab.data.labels import LabelStore
+    from raylab.rundir import load_run, run_config
     from raylab.score import score_cycle
 
     run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run / 'config.yaml'} not found: {run} is not a run directory")
-    cfg = load_config(run / "config.yaml", args.set)  # the run's resolved config
-    out = score_cycle(cfg, run, args.cycle)
+    data = load_run(run)
+    cfg = run_config(run, args.set)  # the run's resolved config, e.g. with another pool size
+    out = score_cycle(cfg, data, LabelStore(data.paths.labels, index=data.index), args.cycle)
     print(f"scores of cycle {args.cycle} -> {out}")
     return 0
 
@@ -112,10 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_args(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train one cycle's detector on Ray Train and evaluate it")
+    p = sub.add_parser("run", help="run or resume the active-learning loop of a pipeline")
     _pipeline_args(p)
-    p.add_argument("--cycle", type=int, default=0, help="cycle number (warm-starts from cycle-1)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="where a run stands: cycle, step, metrics, pending selection")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("export", help="write the pending selection as annotation tasks (human oracle)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", required=True, choices=["cvat", "labelstudio"])
+    p.add_argument("--out", default=None, help="file to write (default RUN/exports/cycle=K/)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import", help="append annotators' results for the pending selection")
+    p.add_argument("run", help="run directory")
+    p.add_argument("file", help="CVAT XML or Label Studio JSON export")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("report", help="plots and one HTML page of one or several runs")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", required=True, help="folder for the PNGs and index.html")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("score", help="MC-dropout scores of a run's unlabelled frames (actor pool)")
     p.add_argument("run", help="run directory (holds config.yaml and checkpoints/cycle=K)")
@@ -167,10 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input or state a user can fix: reported in one line, no traceback."""
     from raylab.config import ConfigError
+    from raylab.data.annotations import AnnotationError
     from raylab.data.labels import LabelStoreError
     from raylab.data.video import VideoError
+    from raylab.rundir import RunStateError
 
-    return (ConfigError, LabelStoreError, VideoError, FileExistsError, FileNotFoundError)
+    return (ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError, FileExistsError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
-"""The main job on an embedded default, until the active-learning loop lands.
+"""The main job on an embedded default: APU-global + MGW against random selection on SynthActions.
 
-Generates (or reuses) a SynthActions set, labels an initial random fraction of the training frames with
-the simulated oracle into the run's label store, and streams the training clips (around labelled frames,
-with pseudo-labels and MGW weights) and the dense scoring tiling through Ray Data, printing what it did.
+Generates (or reuses) the small SynthActions set, runs the active-learning loop once per strategy on a
+local Ray (or the cluster of `ray.address`), each in its own run directory, prints the metrics per
+strategy and cycle, and writes the report comparing them. Rerunning resumes or reuses finished runs.
 """
 
 from __future__ import annotations
@@ -11,50 +11,30 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from raylab.config import Config
-from raylab.data.clips import tile_clips
 from raylab.data.stream import init_ray
-from raylab.loop import clip_stream, open_run, training_dataset
+from raylab.loop import metrics_table, run_loop, with_strategy
+from raylab.rundir import read_metrics
 
 log = logging.getLogger(__name__)
 
-
-def _consume(name: str, ds, batch_size: int) -> dict:
-    """Iterate a clip dataset to the end; clips, seconds and target statistics."""
-    start, clips, fg, annotated, weight = time.perf_counter(), 0, [], 0, []
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        clips += len(batch["video_id"])
-        fg.append(batch["fg"].mean())
-        annotated += int(batch["annotated"].sum())
-        weight.append(batch["weight"].mean())
-    seconds = time.perf_counter() - start
-    return {"stream": name, "clips": clips, "seconds": round(seconds, 2),
-            "clips_per_s": round(clips / max(seconds, 1e-9), 1),
-            "annotated_frames_seen": annotated,
-            "mean_foreground": round(float(np.mean(fg)) if fg else 0.0, 4),
-            "mean_mgw_weight": round(float(np.mean(weight)) if weight else 0.0, 4)}
+DEMO_STRATEGIES = ("apu-global", "random")
 
 
-def run_demo(cfg: Config, run_dir: Path) -> list[dict]:
-    """Run the pre-loop main job and print one line per stream; returns the printed records."""
-    root, meta, index, gt, train, store = open_run(cfg, run_dir)
-    frames_total = int(train["num_frames"].sum())
-    print(f"dataset {root}: {len(index)} videos ({len(train)} train), {len(meta['classes'])} classes; "
-          f"labelled {len(store)} of {frames_total} training frames "
-          f"({store.labelled_fraction(frames_total):.1%}), cost {store.cost():.0f} clicks")
+def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGIES) -> Path:
+    """Run the loop once per strategy in out/<strategy>, print the table, write out/report; returns index.html."""
+    from raylab.report import write_report
 
+    start = time.perf_counter()
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    c = cfg.clips
-    streams = {
-        "train (clips around labelled frames)": training_dataset(cfg, root, index, train, store, cycle=0),
-        "score (dense tiling of the training videos)": clip_stream(
-            cfg, tile_clips(train, c.length, c.stride), root, index, store),
-    }
-    records = []
-    for name, ds in streams.items():
-        records.append(_consume(name, ds, c.batch_size))
-        print(" ".join(f"{k}={v}" for k, v in records[-1].items()))
-    print(f"run directory: {run_dir} (config.yaml, labels/)")
-    return records
+    runs = {}
+    for strategy in strategies:
+        print(f"== {strategy} ({cfg.loop.cycles} cycles, +{cfg.loop.step_fraction:.1%} of the frames each) ==")
+        run_loop(with_strategy(cfg, strategy), out / strategy)
+        runs[strategy] = out / strategy
+    print()
+    print(metrics_table({s: read_metrics(r) for s, r in runs.items()}))
+    html = write_report(list(runs.values()), out / "report")
+    print(f"\ndemo done in {time.perf_counter() - start:.0f} s. Report: {html.resolve()}\n"
+          f"Run directories (labels, selections, metrics.jsonl): {', '.join(str(r) for r in runs.values())}")
+    return html

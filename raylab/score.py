@@ -94,25 +94,27 @@ def score_dataset(clips, checkpoint: Path, cfg: Config):
     )
 
 
-def score_cycle(cfg: Config, run_dir: Path, cycle: int) -> Path:
+def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
     """Score every unlabelled training frame with cycle K's detector into scores/cycle=K/ (shards).
+
+    Args:
+        data, store: the run (`rundir.RunData`) and its label store (`loop.open_run`).
 
     The shards are written to a temporary folder that replaces scores/cycle=K only when complete, so
     an interrupted scoring leaves either nothing or the whole table.
     """
     from raylab.data.clips import tile_clips
     from raylab.data.stream import init_ray
-    from raylab.loop import clip_stream, open_run
+    from raylab.loop import clip_stream
     from raylab.train import MODEL_FILE
 
-    checkpoint = run_dir / "checkpoints" / f"cycle={cycle}" / MODEL_FILE
+    checkpoint = data.paths.checkpoint_dir(cycle) / MODEL_FILE
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} not found: train cycle {cycle} first (raylab train --cycle "
-                                f"{cycle})")
-    root, meta, index, gt, train, store = open_run(cfg, run_dir)
+        raise FileNotFoundError(f"{checkpoint} not found: cycle {cycle} of {data.paths.path} is not trained")
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    clips = clip_stream(cfg, tile_clips(train, cfg.clips.length, cfg.clips.stride), root, index, store)
-    out = run_dir / "scores" / f"cycle={cycle}"
+    clips = clip_stream(cfg, tile_clips(data.train, cfg.clips.length, cfg.clips.stride), data.root, data.index,
+                        store)
+    out = data.paths.scores(cycle)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     score_dataset(clips, checkpoint, cfg).write_parquet(str(tmp.resolve()))

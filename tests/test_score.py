@@ -29,11 +29,11 @@ def scored_run(tmp_path_factory):
     synth, run = tmp_path_factory.mktemp("synth"), tmp_path_factory.mktemp("run")
     cfg = load_config("pipelines/smoke.yaml", [f"data.synth_dir={synth}", "labels.init_fraction=0.2",
                                                "score.trials=4", "clips.clips_per_task=8"])
-    root, meta, index, gt, train, store = open_run(cfg, run)
+    data, store = open_run(cfg, run)
     torch.manual_seed(0)
     (run / "checkpoints" / "cycle=0").mkdir(parents=True)
-    save_detector(run / "checkpoints" / "cycle=0" / MODEL_FILE, Detector(cfg.detector, len(meta["classes"])))
-    return cfg, run, train, store
+    save_detector(run / "checkpoints" / "cycle=0" / MODEL_FILE, Detector(cfg.detector, len(data.classes)))
+    return cfg, data, store
 
 
 def read_scores(path) -> pd.DataFrame:
@@ -44,8 +44,9 @@ def read_scores(path) -> pd.DataFrame:
 def test_every_unlabelled_frame_is_scored_once_and_pool_size_does_not_change_scores(ray_local, scored_run):
     from raylab.score import score_cycle
 
-    cfg, run, train, store = scored_run
-    one = read_scores(score_cycle(cfg, run, 0))
+    cfg, data, store = scored_run
+    train, run = data.train, data.paths.path
+    one = read_scores(score_cycle(cfg, data, store, 0))
     labelled = {(v, int(f)) for v, frames in store.labelled_frames().items() for f in frames}
     expected = {(v, f) for v, n in zip(train["video_id"], train["num_frames"]) for f in range(n)} - labelled
     assert len(one) == len(expected) and set(zip(one["video_id"], one["frame"])) == expected
@@ -53,5 +54,5 @@ def test_every_unlabelled_frame_is_scored_once_and_pool_size_does_not_change_sco
     assert len(list((run / "scores" / "cycle=0").glob("*.parquet"))) > 1  # written in shards
 
     pool_of_two = replace(cfg, score=replace(cfg.score, actors=2, cpus_per_actor=0.5))
-    two = read_scores(score_cycle(pool_of_two, run, 0))
+    two = read_scores(score_cycle(pool_of_two, data, store, 0))
     pd.testing.assert_frame_equal(one, two)

@@ -25,15 +25,14 @@ def test_loss_goes_down_with_1_and_2_workers(ray_local, tiny_cfg, tmp_path, work
 
     # 2 CPUs in all: the workers share one, the decode tasks of the clip stream get the other
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, num_workers=workers, cpus_per_worker=1 / workers))
-    root, meta, index, gt, train, store = open_run(cfg, tmp_path)
-    result = train_cycle(cfg, tmp_path, 0, training_dataset(cfg, root, index, train, store, 0),
-                         len(meta["classes"]))
+    data, store = open_run(cfg, tmp_path)
+    result = train_cycle(cfg, tmp_path, 0, training_dataset(cfg, data, store, 0), len(data.classes))
     losses = [h["total"] for h in result.history]
     assert len(losses) == cfg.train.epochs
     assert losses[-1] < 0.8 * losses[0], losses
     # every epoch saw each labelled frame's clip once, split across the workers
     assert all(h["clips"] * workers >= len(store) - workers for h in result.history)
-    assert load_detector(result.checkpoint).num_classes == len(meta["classes"])
+    assert load_detector(result.checkpoint).num_classes == len(data.classes)
     lines = (tmp_path / "checkpoints" / "cycle=0" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(cfg.train.epochs))
 

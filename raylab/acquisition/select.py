@@ -68,6 +68,7 @@ class FramePool:
 # A strategy maps (pool, budget, options) to (candidate indices [k] in pick order, score [k]).
 Strategy = Callable[[FramePool, int, SelectOptions], tuple[np.ndarray, np.ndarray]]
 STRATEGIES: dict[str, Strategy] = {}
+UNSCORED = frozenset({"random", "equidistant"})  # strategies that never read the scores: no MC scoring needed
 
 
 def register_strategy(name: str) -> Callable[[Strategy], Strategy]:

@@ -212,11 +212,17 @@ class Detector(nn.Module):
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a user-supplied state_dict from a local file, strictly; errors name the file and the keys."""
+    """Load weights from a local file, strictly; errors name the file and the keys.
+
+    The file holds a state_dict, or a raylab checkpoint (`train.save_detector`: the state_dict under
+    "model"), as a warm start from the previous cycle does.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector weights file not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "detector" in state:
+        state = state["model"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     own = model.state_dict()

@@ -1,0 +1,195 @@
+"""The active-learning loop: step bookkeeping (no Ray), and `raylab run` end to end in subprocesses.
+
+The end-to-end tests run the smoke pipeline (pipelines/smoke.yaml: tiny SynthActions, 2 cycles) as
+`raylab run` processes, each with its own local Ray, and kill them with SIGKILL (the whole process
+group) during training, during scoring and right after selection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raylab.config import load_config
+from raylab.data.labels import LabelStore
+from raylab.loop import config_differences, cycle_budget, metric_value, open_run
+from raylab.rundir import RunStateError, next_step, read_state, write_state
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "pipelines" / "smoke.yaml"
+
+
+# ---- bookkeeping, no Ray ---------------------------------------------------------------------------
+
+
+def test_next_step_walks_the_cycle_then_the_next():
+    assert next_step({"cycle": 0, "step": None}) == (0, "train")
+    assert next_step({"cycle": 0, "step": "train"}) == (0, "evaluate")
+    assert next_step({"cycle": 2, "step": "select"}) == (2, "annotate")
+    assert next_step({"cycle": 2, "step": "annotate"}) == (3, "train")
+
+
+def test_config_differences_name_each_key_and_ignore_where_ray_runs():
+    a = load_config(SMOKE)
+    b = load_config(SMOKE, ["loop.strategy=random", "labels.sigma=2.0", "ray.num_cpus=8"])
+    assert config_differences(a, a) == []
+    assert config_differences(a, b) == ["labels.sigma: 1.3 -> 2.0", "loop.strategy: 'apu-global' -> 'random'"]
+
+
+def test_metric_value_reads_family_at_threshold():
+    record = {"metrics": {"frame_map": {"0.5": 0.25}, "video_map": {"0.2": 0.5, "0.5:0.95": 0.1}}}
+    assert metric_value(record, "frame_map@0.5") == 0.25
+    assert metric_value(record, "video_map@0.5:0.95") == 0.1
+    with pytest.raises(RunStateError, match="frame_map@0.5, video_map@0.2"):
+        metric_value(record, "frame_map@0.75")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    synth = tmp_path_factory.mktemp("synth")
+    cfg = load_config(SMOKE, [f"data.synth_dir={synth}"])
+    run = tmp_path_factory.mktemp("run")
+    data, store = open_run(cfg, run)
+    return cfg, run, data, store
+
+
+def test_open_run_labels_the_initial_fraction_once_and_refuses_another_config(tiny_run):
+    cfg, run, data, store = tiny_run
+    total = int(data.train["num_frames"].sum())
+    assert store.cycles() == [0] and len(store) == round(cfg.labels.init_fraction * total)
+    state = read_state(run)
+    assert state["step"] is None and len(state["run_id"]) == 32
+    _, again = open_run(cfg, run)  # a second open appends nothing and keeps the run id
+    assert len(again.appends) == 1 and read_state(run)["run_id"] == state["run_id"]
+    with pytest.raises(RunStateError, match=r"loop.step_fraction: 0.05 -> 0.1"):
+        open_run(replace(cfg, loop=replace(cfg.loop, step_fraction=0.1)), run)
+
+
+def test_cycle_budget_is_the_step_never_past_the_total_budget(tiny_run):
+    cfg, run, data, store = tiny_run
+    total = int(data.train["num_frames"].sum())
+    assert cycle_budget(cfg, data, store) == round(0.05 * total)
+    capped = replace(cfg, loop=replace(cfg.loop, budget=(len(store) + 3) / total))
+    assert cycle_budget(capped, data, store) == 3
+    spent = replace(cfg, loop=replace(cfg.loop, budget=len(store) / total))
+    assert cycle_budget(spent, data, store) == 0
+
+
+# ---- raylab run, end to end --------------------------------------------------------------------------
+
+
+def raylab(*args: str, log: Path) -> subprocess.Popen:
+    """`raylab ARGS` in its own process group (so that a kill takes its Ray processes too)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen([sys.executable, "-m", "raylab.cli", *args], cwd=REPO, env=env,
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def smoke_args(run: Path, synth: Path, *extra: str) -> list[str]:
+    return ["run", str(SMOKE), "--run-dir", str(run), "--set", f"data.synth_dir={synth}",
+            "--set", "ray.num_cpus=2", *[a for x in extra for a in ("--set", x)]]
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+
+
+def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 300) -> None:
+    """SIGKILL the process group of `proc` as soon as `ready()` is true; fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"raylab run ended before the kill point:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "kill point not reached in time"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def store_rows(run: Path) -> pd.DataFrame:
+    """The label store's content without the append timestamps."""
+    df = LabelStore(run / "labels").to_pandas().drop(columns=["created_at"])
+    return df.astype({c: str for c in ("boxes", "box_labels", "mask_rle", "segments")})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One uninterrupted smoke run: CI runs the whole loop end to end."""
+    synth, run = tmp_path_factory.mktemp("synth"), tmp_path_factory.mktemp("smoke") / "run"
+    log = run.parent / "log.txt"
+    finish(raylab(*smoke_args(run, synth), log=log), log)
+    return synth, run, log
+
+
+def test_smoke_pipeline_runs_every_step_of_two_cycles(smoke_run):
+    synth, run, log = smoke_run
+    state = read_state(run)
+    assert state["finished"] and state["stop_reason"] == "2 cycles done"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["cycle"] for line in lines] == [0, 1]
+    assert set(lines[0]["seconds"]) == {"train", "evaluate", "score", "select", "annotate"}
+    assert lines[1]["labelled_frames"] > lines[0]["labelled_frames"] and lines[1]["cost"] > lines[0]["cost"]
+    assert all(0 <= line["metrics"]["frame_map"]["0.5"] <= 1 for line in lines)
+    selection = pd.read_parquet(run / "selections" / "cycle=0.parquet")
+    store = LabelStore(run / "labels")
+    assert store.cycles() == [0, 1] and len(store.to_pandas().query("cycle == 1")) == len(selection)
+    assert (selection["strategy"] == "apu-global").all() and selection["rank"].tolist() == list(range(len(selection)))
+    status = subprocess.run([sys.executable, "-m", "raylab.cli", "status", str(run)], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    assert "finished: 2 cycles done" in status and "apu-global" in status
+
+
+@pytest.mark.ray
+def test_killed_runs_resume_and_label_the_same_frames(smoke_run, tmp_path):
+    """SIGKILL during training, during scoring and right after selection; each rerun resumes."""
+    synth, reference, _ = smoke_run
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    cycle0 = run / "checkpoints" / "cycle=0"
+
+    def training():  # at least one epoch reported, the cycle's model not yet saved
+        history = cycle0 / "history.jsonl"
+        return history.is_file() and history.read_text().count("\n") >= 1 and not (cycle0 / "model.pt").exists()
+
+    kill_when(raylab(*smoke_args(run, synth), log=log), training, log)
+    assert read_state(run)["step"] is None
+
+    scores_tmp = run / "scores" / ".cycle=0.tmp"
+    kill_when(raylab(*smoke_args(run, synth), log=log), scores_tmp.exists, log)
+    assert read_state(run)["step"] == "evaluate" and not (run / "scores" / "cycle=0").exists()
+
+    selection = run / "selections" / "cycle=0.parquet"
+    kill_when(raylab(*smoke_args(run, synth), log=log), selection.exists, log)
+    assert read_state(run)["step"] in ("score", "select")
+    assert LabelStore(run / "labels").cycles() == [0]
+    assert "resuming" in log.read_text()
+
+    finish(raylab(*smoke_args(run, synth), log=log), log)
+    assert read_state(run)["finished"]
+    pd.testing.assert_frame_equal(store_rows(run), store_rows(reference))
+    assert [json.loads(x)["metrics"] for x in (run / "metrics.jsonl").read_text().splitlines()] == \
+        [json.loads(x)["metrics"] for x in (reference / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rerunning_a_finished_run_changes_nothing(smoke_run):
+    synth, run, log = smoke_run
+    before = (run / "labels" / "manifest.json").read_text(), (run / "metrics.jsonl").read_text()
+    finish(raylab(*smoke_args(run, synth), log=log), log, timeout=120)
+    assert ((run / "labels" / "manifest.json").read_text(), (run / "metrics.jsonl").read_text()) == before
+    other = subprocess.run([sys.executable, "-m", "raylab.cli", *smoke_args(run, synth, "loop.lam=0.3")],
+                           cwd=REPO, capture_output=True, text=True)
+    assert other.returncode == 2 and "loop.lam: 0.5 -> 0.3" in other.stderr
+
+
+def test_state_file_is_updated_atomically(tmp_path):
+    write_state(tmp_path, run_id="x", cycle=0, step=None)
+    write_state(tmp_path, step="train")
+    assert read_state(tmp_path) == {"run_id": "x", "cycle": 0, "step": "train"}
+    assert not list(tmp_path.glob(".*.tmp"))
