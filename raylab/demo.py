@@ -22,14 +22,14 @@ DEMO_STRATEGIES = ("apu-global", "random")
 
 
 def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGIES) -> Path:
-    """Run the loop once per strategy in out/<strategy>, print the table, write out/report; returns index.html."""
+    """Run the loop per strategy in out/<strategy>, print the table, write out/report; returns index.html."""
     from raylab.report import write_report
 
     start = time.perf_counter()
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     runs = {}
     for strategy in strategies:
-        print(f"== {strategy} ({cfg.loop.cycles} cycles, +{cfg.loop.step_fraction:.1%} of the frames each) ==")
+        print(f"== {strategy}: {cfg.loop.cycles} cycles, +{cfg.loop.step_fraction:.1%} of frames per cycle")
         run_loop(with_strategy(cfg, strategy), out / strategy)
         runs[strategy] = out / strategy
     print()

@@ -53,7 +53,7 @@ from raylab.rundir import (
 
 log = logging.getLogger(__name__)
 
-RESOURCE_SECTIONS = ("ray",)  # config sections that may differ on resume: where Ray runs, not what it computes
+RESOURCE_SECTIONS = ("ray",)  # may differ on resume: where Ray runs, not what it computes
 
 
 def ensure_dataset(cfg: Config) -> Path:
@@ -96,7 +96,7 @@ def config_differences(saved: Config, cfg: Config) -> list[str]:
 
 
 def open_run(cfg: Config, run_dir: Path) -> tuple[RunData, LabelStore]:
-    """A run's dataset and label store; creates the run (config.yaml, state.json, initial labels) on first use.
+    """A run's dataset and label store; creates the run (config.yaml, state.json, initial labels) first.
 
     Raises:
         RunStateError: the run directory holds a run with another config (the message lists what differs).
@@ -140,7 +140,11 @@ def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
     clips = annotated_clips(data.train, store.labelled_frames(), c.length, c.stride, c.clips_per_annotation,
                             seed=cfg.seed + cycle)
     clips = clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
-    return clip_stream(cfg, clips, data.root, data.index, store)
+    ds = clip_stream(cfg, clips, data.root, data.index, store)
+    # read once per epoch inside Ray Train: its progress is the epoch log, not a Ray Data bar per epoch
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
 
 
 # ---- the steps -------------------------------------------------------------------------------------
@@ -149,6 +153,7 @@ def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
 def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
     from raylab.train import train_cycle
 
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
     train_cycle(cfg, data.paths.path, cycle, training_dataset(cfg, data, store, cycle), len(data.classes))
 
 
@@ -219,7 +224,8 @@ def annotate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     selection = pd.read_parquet(data.paths.selection(cycle))
     if cfg.loop.oracle == "human":
         raise PendingAnnotation(cycle)
-    store.append(reveal_frames(data.gt, selection, cfg.loop.clicks_per_actor), cycle=cycle + 1, source="oracle")
+    rows = reveal_frames(data.gt, selection, cfg.loop.clicks_per_actor)
+    store.append(rows, cycle=cycle + 1, source="oracle")
 
 
 STEP_FUNCTIONS = {"train": train_step, "evaluate": evaluate_step, "score": score_step,
@@ -233,8 +239,8 @@ def metric_value(record: dict, name: str) -> float:
     try:
         return float(record["metrics"][family][threshold])
     except KeyError:
-        raise RunStateError(f"metric {name!r} not in the evaluation (has: "
-                            f"{', '.join(f'{f}@{t}' for f, v in record['metrics'].items() for t in v)})") from None
+        known = ", ".join(f"{f}@{t}" for f, v in record["metrics"].items() for t in v)
+        raise RunStateError(f"metric {name!r} not in the evaluation (has: {known})") from None
 
 
 def stop_reason(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> str | None:
@@ -282,7 +288,6 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     if state.get("finished"):
         log.info("run %s is finished (%s)", paths.path, state.get("stop_reason"))
         return state
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cycle, step = next_step(state)
     if state["step"] is not None:
         log.info("resuming %s at cycle %d, step %s", paths.path, cycle, step)
@@ -308,7 +313,7 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         if step in ("evaluate", "annotate"):
             rebuild_metrics(paths, state)
         if step == "evaluate":
-            print(summary_line(read_metrics(paths.path)[-1]))
+            bar.write(summary_line(read_metrics(paths.path)[-1]))
             reason = stop_reason(cfg, data, store, cycle)
             if reason:
                 bar.close()

@@ -203,6 +203,7 @@ def load_run(run: Path) -> RunData:
     cfg = run_config(run)
     root = dataset_root(cfg)
     if not (root / "dataset.json").is_file():
-        raise RunStateError(f"dataset of run {run} not found at {root} (data.root in {RunPaths(Path(run)).config})")
+        raise RunStateError(f"dataset of run {run} not found at {root} "
+                            f"(data.root in {RunPaths(Path(run)).config})")
     meta, index, gt = load_dataset(root)
     return RunData(cfg, RunPaths(Path(run)), root, meta, index, gt)

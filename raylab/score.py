@@ -112,8 +112,8 @@ def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} not found: cycle {cycle} of {data.paths.path} is not trained")
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    clips = clip_stream(cfg, tile_clips(data.train, cfg.clips.length, cfg.clips.stride), data.root, data.index,
-                        store)
+    tiles = tile_clips(data.train, cfg.clips.length, cfg.clips.stride)
+    clips = clip_stream(cfg, tiles, data.root, data.index, store)
     out = data.paths.scores(cycle)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

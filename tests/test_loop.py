@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -141,7 +142,8 @@ def test_smoke_pipeline_runs_every_step_of_two_cycles(smoke_run):
     selection = pd.read_parquet(run / "selections" / "cycle=0.parquet")
     store = LabelStore(run / "labels")
     assert store.cycles() == [0, 1] and len(store.to_pandas().query("cycle == 1")) == len(selection)
-    assert (selection["strategy"] == "apu-global").all() and selection["rank"].tolist() == list(range(len(selection)))
+    assert (selection["strategy"] == "apu-global").all()
+    assert selection["rank"].tolist() == list(range(len(selection)))
     status = subprocess.run([sys.executable, "-m", "raylab.cli", "status", str(run)], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
     assert "finished: 2 cycles done" in status and "apu-global" in status
@@ -156,7 +158,8 @@ def test_killed_runs_resume_and_label_the_same_frames(smoke_run, tmp_path):
 
     def training():  # at least one epoch reported, the cycle's model not yet saved
         history = cycle0 / "history.jsonl"
-        return history.is_file() and history.read_text().count("\n") >= 1 and not (cycle0 / "model.pt").exists()
+        epochs = history.read_text().count("\n") if history.is_file() else 0
+        return epochs >= 1 and not (cycle0 / "model.pt").exists()
 
     kill_when(raylab(*smoke_args(run, synth), log=log), training, log)
     assert read_state(run)["step"] is None
@@ -193,3 +196,35 @@ def test_state_file_is_updated_atomically(tmp_path):
     write_state(tmp_path, step="train")
     assert read_state(tmp_path) == {"run_id": "x", "cycle": 0, "step": "train"}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_human_oracle_waits_for_the_import_then_continues(smoke_run, tmp_path):
+    """loop.oracle=human: the run stops after selection, says so on every rerun, and goes on after
+    `raylab import` of the annotators' Label Studio export; the labels equal the simulated oracle's."""
+    from raylab.rundir import load_run
+    from tests.annotators import annotated
+
+    synth, reference, _ = smoke_run
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    args = smoke_args(run, synth, "loop.oracle=human")
+    finish(raylab(*args, log=log), log)
+    assert read_state(run)["step"] == "select" and not read_state(run)["finished"]
+    finish(raylab(*args, log=log), log, timeout=120)  # still pending: says so again, changes nothing
+    assert log.read_text().count("waits for annotators") == 2 and read_state(run)["step"] == "select"
+
+    data = load_run(run)
+    answer = annotated(run, "labelstudio", data.gt, data.classes, data.index)
+    done = subprocess.run([sys.executable, "-m", "raylab.cli", "import", str(run), str(answer)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    finish(raylab("run", "--run-dir", str(run), log=log), log)  # resumes with the run's own config
+    assert read_state(run)["finished"]
+
+    got, want = store_rows(run), store_rows(reference)
+    assert list(got["source"]) == ["init"] * (got["cycle"] == 0).sum() + ["human"] * (got["cycle"] == 1).sum()
+    keys = ["video_id", "frame", "cycle", "box_labels", "cost"]
+    pd.testing.assert_frame_equal(got[keys], want[keys])
+    boxes = [LabelStore(r / "labels").to_pandas()["boxes"] for r in (run, reference)]
+    for a, b in zip(*boxes):
+        assert np.allclose(np.array([list(x) for x in a], float).reshape(-1, 4),
+                           np.array([list(x) for x in b], float).reshape(-1, 4), atol=1e-3)
