@@ -54,6 +54,8 @@ from raylab.rundir import (
 log = logging.getLogger(__name__)
 
 RESOURCE_SECTIONS = ("ray",)  # may differ on resume: where Ray runs, not what it computes
+# may differ on resume too: when the run stops, not what its steps compute (a finished run can be extended)
+STOP_KEYS = ("loop.cycles", "loop.budget", "loop.target_metric", "loop.target_value")
 
 
 def ensure_dataset(cfg: Config) -> Path:
@@ -104,10 +106,15 @@ def open_run(cfg: Config, run_dir: Path) -> tuple[RunData, LabelStore]:
     paths = RunPaths(Path(run_dir))
     if paths.config.is_file():
         diff = config_differences(run_config(paths.path), cfg)
-        if diff:
-            raise RunStateError(f"{paths.config} holds another config; a run resumes only with its own. "
-                                f"Differences (saved -> now): {'; '.join(diff)}. Use another --run-dir, "
+        fixed = [d for d in diff if d.split(":")[0] not in STOP_KEYS]
+        if fixed:
+            raise RunStateError(f"{paths.config} holds another config; a run resumes only with its own "
+                                f"(except where Ray runs and when it stops: {', '.join(STOP_KEYS)}). "
+                                f"Differences (saved -> now): {'; '.join(fixed)}. Use another --run-dir, "
                                 "or the saved config.")
+        if diff:
+            log.info("run %s: stop criteria changed: %s", paths.path, "; ".join(diff))
+            write_atomic(paths.config, to_yaml(cfg))
     else:
         paths.path.mkdir(parents=True, exist_ok=True)
         write_atomic(paths.config, to_yaml(cfg))
@@ -286,8 +293,11 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
     paths = data.paths
     state = read_state(paths.path)
     if state.get("finished"):
-        log.info("run %s is finished (%s)", paths.path, state.get("stop_reason"))
-        return state
+        reason = stop_reason(cfg, data, store, int(state["cycle"]))
+        if reason:
+            log.info("run %s is finished (%s)", paths.path, reason)
+            return state
+        state = write_state(paths.path, finished=False, stop_reason=None)  # extended: more cycles or budget
     cycle, step = next_step(state)
     if state["step"] is not None:
         log.info("resuming %s at cycle %d, step %s", paths.path, cycle, step)

@@ -191,6 +191,21 @@ def test_rerunning_a_finished_run_changes_nothing(smoke_run):
     assert other.returncode == 2 and "loop.lam: 0.5 -> 0.3" in other.stderr
 
 
+def test_a_finished_run_is_extended_by_raising_its_cycles(smoke_run, tmp_path):
+    """Stop criteria may change on resume: loop.cycles=3 continues a finished 2-cycle run with cycle 2."""
+    import shutil
+
+    synth, reference, log = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    finish(raylab(*smoke_args(run, synth, "loop.cycles=3"), log=log), log)
+    state = read_state(run)
+    assert state["finished"] and state["stop_reason"] == "3 cycles done" and state["cycle"] == 2
+    assert LabelStore(run / "labels").cycles() == [0, 1, 2]
+    assert [json.loads(x)["cycle"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert "cycles: 3" in (run / "config.yaml").read_text()
+
+
 def test_state_file_is_updated_atomically(tmp_path):
     write_state(tmp_path, run_id="x", cycle=0, step=None)
     write_state(tmp_path, step="train")
