@@ -41,6 +41,7 @@ from raylab.rundir import (
     RunPaths,
     RunStateError,
     dataset_root,
+    metric_value,
     new_state,
     next_step,
     read_metrics,
@@ -240,23 +241,19 @@ STEP_FUNCTIONS = {"train": train_step, "evaluate": evaluate_step, "score": score
 assert tuple(STEP_FUNCTIONS) == STEPS
 
 
-def metric_value(record: dict, name: str) -> float:
-    """A metric of a metrics line by name, e.g. "frame_map@0.5" or "video_map@0.5:0.95"."""
-    family, _, threshold = name.partition("@")
-    try:
-        return float(record["metrics"][family][threshold])
-    except KeyError:
-        known = ", ".join(f"{f}@{t}" for f, v in record["metrics"].items() for t in v)
-        raise RunStateError(f"metric {name!r} not in the evaluation (has: {known})") from None
-
-
 def stop_reason(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> str | None:
     """Why the run ends after cycle K's evaluation, or None to go on."""
     record = json.loads(data.paths.cycle_metrics(cycle).read_text())
-    if cfg.loop.target_metric and metric_value(record, cfg.loop.target_metric) >= cfg.loop.target_value:
-        return f"{cfg.loop.target_metric} reached {cfg.loop.target_value}"
+    if cfg.loop.target_metric:
+        value = metric_value(record, cfg.loop.target_metric)
+        if value is None:
+            known = ", ".join(f"{f}@{t}" for f, v in record["metrics"].items() for t in v)
+            raise RunStateError(f"loop.target_metric {cfg.loop.target_metric!r} is not in the evaluation "
+                                f"(it has {known})")
+        if value >= cfg.loop.target_value:
+            return f"{cfg.loop.target_metric} reached {cfg.loop.target_value}"
     if cycle + 1 >= cfg.loop.cycles:
-        return f"{cfg.loop.cycles} cycles done"
+        return f"{cfg.loop.cycles} cycle{'s' if cfg.loop.cycles != 1 else ''} done"
     if cycle_budget(cfg, data, store) == 0:
         return f"labelling budget {cfg.loop.budget:.1%} spent"
     return None

@@ -36,7 +36,15 @@ from matplotlib.ticker import MaxNLocator
 from raylab.data.label_rows import LABELS_SCHEMA
 from raylab.data.labels import LabelStore
 from raylab.data.video import VideoError, read_frames
-from raylab.rundir import RunData, RunStateError, load_run, read_metrics, read_state, write_atomic
+from raylab.rundir import (
+    RunData,
+    RunStateError,
+    load_run,
+    metric_value,
+    read_metrics,
+    read_state,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +181,10 @@ def run_labels(strategies: list[str], paths: list[Path]) -> list[str]:
 # ---- learning curves (Figure 1, Table 1) ----------------------------------------------------------------
 
 
-def metric_value(line: dict, family: str, threshold: str) -> float | None:
-    """One metric of a metrics.jsonl line, or None when the line does not have it."""
-    value = (line.get("metrics") or {}).get(family, {}).get(threshold)
-    return None if value is None else float(value)
-
-
 def present_metrics(runs: list[ReportRun]) -> list[tuple[str, str]]:
     """The CURVE_METRICS that at least one line of one run has."""
     return [(f, t) for f, t in CURVE_METRICS
-            if any(metric_value(line, f, t) is not None for run in runs for line in run.metrics)]
+            if any(metric_value(line, f"{f}@{t}") is not None for run in runs for line in run.metrics)]
 
 
 def plot_learning_curves(runs: list[ReportRun], out: Path) -> list[Path]:
@@ -195,7 +197,7 @@ def plot_learning_curves(runs: list[ReportRun], out: Path) -> list[Path]:
         for run in runs:
             points = sorted((100 * line.get("labelled_fraction", math.nan), 100 * value)
                             for line in run.metrics
-                            if (value := metric_value(line, family, threshold)) is not None)
+                            if (value := metric_value(line, f"{family}@{threshold}")) is not None)
             if points:
                 ax.plot(*zip(*points), "o-", label=run.label)
         ax.set(xlabel="labelled frames (%)", ylabel=f"{name} (%)", title=f"{name} vs labelled frames")
@@ -222,7 +224,7 @@ def metrics_table(runs: list[ReportRun]) -> str:
                 cells += ["–"] * len(columns)
                 continue
             cells += [_fmt(line.get("labelled_fraction"), 100, ".1f"), _fmt(line.get("cost"), 1, ",.0f")]
-            cells += [_fmt(metric_value(line, f, t), 100, ".1f") for f, t in metrics]
+            cells += [_fmt(metric_value(line, f"{f}@{t}"), 100, ".1f") for f, t in metrics]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     table = f"<table class=metrics><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
     return f"<div class=wide>{table}</div>"  # scrolls sideways when many runs make it wide

@@ -153,6 +153,13 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def metric_value(record: dict, name: str) -> float | None:
+    """A metric of a metrics.jsonl line by name ("frame_map@0.5", "video_map@0.5:0.95"); None if absent."""
+    family, _, threshold = name.partition("@")
+    value = (record.get("metrics") or {}).get(family, {}).get(threshold)
+    return None if value is None else float(value)
+
+
 def read_selection(run: Path, cycle: int) -> pd.DataFrame:
     """selections/cycle=K.parquet of a run: video_id, frame, score, rank, strategy."""
     path = RunPaths(Path(run)).selection(cycle)

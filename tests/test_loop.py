@@ -22,8 +22,8 @@ import pytest
 
 from raylab.config import load_config
 from raylab.data.labels import LabelStore
-from raylab.loop import config_differences, cycle_budget, metric_value, open_run
-from raylab.rundir import RunStateError, next_step, read_state, write_state
+from raylab.loop import config_differences, cycle_budget, open_run, stop_reason
+from raylab.rundir import RunStateError, metric_value, next_step, read_state, write_atomic, write_state
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "smoke.yaml"
@@ -50,8 +50,7 @@ def test_metric_value_reads_family_at_threshold():
     record = {"metrics": {"frame_map": {"0.5": 0.25}, "video_map": {"0.2": 0.5, "0.5:0.95": 0.1}}}
     assert metric_value(record, "frame_map@0.5") == 0.25
     assert metric_value(record, "video_map@0.5:0.95") == 0.1
-    with pytest.raises(RunStateError, match="frame_map@0.5, video_map@0.2"):
-        metric_value(record, "frame_map@0.75")
+    assert metric_value(record, "frame_map@0.75") is None
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +72,22 @@ def test_open_run_labels_the_initial_fraction_once_and_refuses_another_config(ti
     assert len(again.appends) == 1 and read_state(run)["run_id"] == state["run_id"]
     with pytest.raises(RunStateError, match=r"loop.step_fraction: 0.05 -> 0.1"):
         open_run(replace(cfg, loop=replace(cfg.loop, step_fraction=0.1)), run)
+
+
+def test_stop_reasons_cycles_budget_and_target(tiny_run):
+    cfg, run, data, store = tiny_run
+    record = {"cycle": 0, "metrics": {"frame_map": {"0.5": 0.25}, "video_map": {"0.2": 0.5}}}
+    write_atomic(data.paths.cycle_metrics(0), json.dumps(record))
+    loop = cfg.loop
+    assert stop_reason(cfg, data, store, 0) is None  # 2 cycles, budget left, no target
+    assert stop_reason(replace(cfg, loop=replace(loop, cycles=1)), data, store, 0) == "1 cycle done"
+    spent = replace(cfg, loop=replace(loop, budget=0.05))  # less than the initial 10%
+    assert stop_reason(spent, data, store, 0).startswith("labelling budget")
+    hit = replace(cfg, loop=replace(loop, target_metric="frame_map@0.5", target_value=0.2))
+    assert stop_reason(hit, data, store, 0) == "frame_map@0.5 reached 0.2"
+    assert stop_reason(replace(hit, loop=replace(hit.loop, target_value=0.3)), data, store, 0) is None
+    with pytest.raises(RunStateError, match="frame_map@0.75.*frame_map@0.5, video_map@0.2"):
+        stop_reason(replace(hit, loop=replace(hit.loop, target_metric="frame_map@0.75")), data, store, 0)
 
 
 def test_cycle_budget_is_the_step_never_past_the_total_budget(tiny_run):
