@@ -3,16 +3,18 @@
 Generates (or reuses) the small SynthActions set, runs the active-learning loop once per strategy on a
 local Ray (or the cluster of `ray.address`), each in its own run directory, prints the metrics per
 strategy and cycle, and writes the report comparing them. Rerunning resumes or reuses finished runs.
+Where the cluster has GPUs, training and scoring use them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from raylab.config import Config
-from raylab.data.stream import init_ray
+from raylab.data.stream import cluster_gpus, init_ray
 from raylab.loop import metrics_table, run_loop, with_strategy
 from raylab.rundir import read_metrics
 
@@ -21,12 +23,23 @@ log = logging.getLogger(__name__)
 DEMO_STRATEGIES = ("apu-global", "random")
 
 
+def use_gpus_if_any(cfg: Config, gpus: float) -> Config:
+    """The demo on GPUs when the cluster has some: one per training worker, one per scoring actor."""
+    if gpus < 1 or cfg.train.use_gpu:
+        return cfg
+    workers = min(cfg.train.num_workers, int(gpus))
+    print(f"{gpus:g} GPU(s) found: training on {workers} GPU worker(s), scoring with one GPU per actor")
+    return replace(cfg, train=replace(cfg.train, use_gpu=True, num_workers=workers),
+                   score=replace(cfg.score, gpus_per_actor=1.0, actors=min(cfg.score.actors, int(gpus))))
+
+
 def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGIES) -> Path:
     """Run the loop per strategy in out/<strategy>, print the table, write out/report; returns index.html."""
     from raylab.report import write_report
 
     start = time.perf_counter()
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    cfg = use_gpus_if_any(cfg, cluster_gpus())
     runs = {}
     for strategy in strategies:
         print(f"== {strategy}: {cfg.loop.cycles} cycles, +{cfg.loop.step_fraction:.1%} of frames per cycle")

@@ -104,7 +104,7 @@ def open_run(cfg: Config, run_dir: Path) -> tuple[RunData, LabelStore]:
     Raises:
         RunStateError: the run directory holds a run with another config (the message lists what differs).
     """
-    paths = RunPaths(Path(run_dir))
+    paths = RunPaths(Path(run_dir).resolve())  # absolute: Ray workers run in other directories
     if paths.config.is_file():
         diff = config_differences(run_config(paths.path), cfg)
         fixed = [d for d in diff if d.split(":")[0] not in STOP_KEYS]

@@ -153,7 +153,9 @@ def train_cycle(cfg: Config, run_dir: Path, cycle: int, dataset, num_classes: in
     t = cfg.train
     out = run_dir / "checkpoints" / f"cycle={cycle}"
     previous = run_dir / "checkpoints" / f"cycle={cycle - 1}" / MODEL_FILE
-    warm = str(previous) if t.warm_start and previous.is_file() else cfg.detector.weights
+    user_weights = str(Path(cfg.detector.weights).resolve()) if cfg.detector.weights else ""
+    # absolute paths: Ray Train workers run in a directory of their own
+    warm = str(previous.resolve()) if t.warm_start and previous.is_file() else user_weights
     loop_config = {
         "detector": dataclasses.asdict(dataclasses.replace(cfg.detector, weights="")),
         "num_classes": num_classes, "warm_start": warm,

@@ -111,7 +111,8 @@ def raylab(*args: str, log: Path) -> subprocess.Popen:
 
 
 def smoke_args(run: Path, synth: Path, *extra: str) -> list[str]:
-    return ["run", str(SMOKE), "--run-dir", str(run), "--set", f"data.synth_dir={synth}",
+    """`raylab run` of the smoke pipeline; the run directory relative to the repository, as users give it."""
+    return ["run", str(SMOKE), "--run-dir", os.path.relpath(run, REPO), "--set", f"data.synth_dir={synth}",
             "--set", "ray.num_cpus=2", *[a for x in extra for a in ("--set", x)]]
 
 
@@ -258,3 +259,13 @@ def test_human_oracle_waits_for_the_import_then_continues(smoke_run, tmp_path):
     for a, b in zip(*boxes):
         assert np.allclose(np.array([list(x) for x in a], float).reshape(-1, 4),
                            np.array([list(x) for x in b], float).reshape(-1, 4), atol=1e-3)
+
+
+def test_demo_uses_gpus_when_the_cluster_has_some():
+    from raylab.demo import use_gpus_if_any
+
+    cfg = load_config(SMOKE)
+    assert use_gpus_if_any(cfg, 0) == cfg
+    gpu = use_gpus_if_any(replace(cfg, train=replace(cfg.train, num_workers=2)), 1)
+    assert gpu.train.use_gpu and gpu.train.num_workers == 1
+    assert gpu.score.gpus_per_actor == 1 and gpu.score.actors == 1

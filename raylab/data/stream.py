@@ -150,6 +150,13 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         ray.init(num_cpus=num_cpus or None, include_dashboard=False)
 
 
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process is connected to (0 without GPUs)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 # ---- feature sequences (temporal pipeline) -------------------------------------------------------------
 #
 # One .npy per video of shape [T, D] (T snippets of D features, e.g. the released I3D features of
