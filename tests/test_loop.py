@@ -165,7 +165,6 @@ def test_smoke_pipeline_runs_every_step_of_two_cycles(smoke_run):
     assert "finished: 2 cycles done" in status and "apu-global" in status
 
 
-@pytest.mark.ray
 def test_killed_runs_resume_and_label_the_same_frames(smoke_run, tmp_path):
     """SIGKILL during training, during scoring and right after selection; each rerun resumes."""
     synth, reference, _ = smoke_run
