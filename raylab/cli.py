@@ -96,6 +96,21 @@ def _cmd_eval_stad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_tal(args: argparse.Namespace) -> int:
+    from raylab.eval.tal import evaluate_tal_file
+
+    print(json.dumps(evaluate_tal_file(args.file, preset=args.preset), indent=2))
+    return 0
+
+
+def _cmd_eval_rs(args: argparse.Namespace) -> int:
+    from raylab.eval.tal import relative_saving_runs
+
+    print(json.dumps(relative_saving_runs(Path(args.run_a), Path(args.run_b), args.metric, args.level),
+                     indent=2))
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from raylab.data.labels import LabelStore
     from raylab.rundir import load_run, run_config
@@ -197,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", help="GT_AND_PRED.json")
     q.add_argument("--protocol", default="act", choices=["act", "voc"])
     q.set_defaults(func=_cmd_eval_stad)
+    q = eval_sub.add_parser("tal", help="mAP at tIoU thresholds (ActivityNet protocol)")
+    q.add_argument("file", help="GT_AND_PRED.json")
+    q.add_argument("--preset", default="thumos14", choices=["thumos14", "activitynet"])
+    q.set_defaults(func=_cmd_eval_tal)
+    q = eval_sub.add_parser("rs", help="Relative Saving of run A over baseline run B (AL-STAL Eq.11)")
+    q.add_argument("run_a", help="run directory of the method")
+    q.add_argument("run_b", help="run directory of the baseline")
+    q.add_argument("--metric", required=True, help="e.g. frame_map@0.5 or map@0.5")
+    q.add_argument("--level", type=float, default=None, help="metric level (default: the baseline's last)")
+    q.set_defaults(func=_cmd_eval_rs)
 
     p = sub.add_parser("synth", help="generate a SynthActions dataset (spatio-temporal and temporal sets)")
     p.add_argument("out", help="output directory")
@@ -223,10 +248,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylab.data.annotations import AnnotationError
     from raylab.data.labels import LabelStoreError
     from raylab.data.video import VideoError
+    from raylab.eval.tal import TalFormatError
     from raylab.rundir import RunStateError
 
-    return (ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError, FileExistsError,
-            FileNotFoundError)
+    return (ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError, TalFormatError,
+            FileExistsError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

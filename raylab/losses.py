@@ -115,3 +115,107 @@ def detector_loss(
         cls = (ce * valid).sum() / valid.sum().clamp_min(1)
     loc = weighted_bce(outputs["fg_logits"], batch["fg"], batch["weight"])
     return {"total": cls_weight * cls + loc_weight * loc, "classification": cls, "localization": loc}
+
+
+# ---------------------------------------------------------------- AL-STAL localizer (paper Eq.2)
+#
+# Loss = l_cls^coarse + λ l_loc^coarse + l_cls^refine + l_loc^refine + γ l_q, each term summed over the
+# locations of the batch and divided by the number of positive locations (at least 1), as in FCOS / AFSD.
+# Targets come from `raylab.models.localizer.localizer_targets`; location geometry (tIoU, the offsets of
+# Eq.3) lives in that module too and is imported where used.
+
+
+def softmax_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, alpha: float | None = None
+) -> torch.Tensor:
+    """Softmax focal loss (Lin et al. 2017), per location: -w_y (1 - p_y)^gamma log p_y, p = softmax.
+
+    Args:
+        logits: float [..., K] (K = C + 1, class 0 = background).
+        targets: int [...] in 0..K-1; negative = ignored (loss 0).
+        gamma: focusing exponent (0 = cross-entropy).
+        alpha: None = w_y = 1; else w_y = alpha for an action target (y >= 1), 1 - alpha for background
+            (RetinaNet's 0.25 weights the actions down, its gamma = 2 having taken most of the easy
+            background out already).
+
+    Returns:
+        float [...]: the loss of each location.
+    """
+    valid = targets >= 0
+    y = targets.clamp_min(0).long().unsqueeze(-1)
+    log_p = logits.log_softmax(-1).gather(-1, y).squeeze(-1)  # log p_y
+    loss = -(1 - log_p.exp()).pow(gamma) * log_p
+    if alpha is not None:
+        loss = loss * torch.where(targets >= 1, alpha, 1 - alpha)
+    return torch.where(valid, loss, torch.zeros_like(loss))
+
+
+def tiou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - tIoU of absolute segments pred [..., 2] and target [..., 2] (start, end), per segment.
+
+    Absolute segments, not distances: the tIoU of (c - d_s, c + d_e) with (c - g_s, c + g_e) does not
+    depend on the centre c, so the two forms give the same loss. A coarse prediction at a positive
+    location always overlaps its target (both contain the location), so the gradient never vanishes.
+    """
+    from raylab.models.localizer import segment_iou
+
+    return 1 - segment_iou(pred, target)
+
+
+def boundary_l1_loss(pred_offsets: torch.Tensor, target_offsets: torch.Tensor) -> torch.Tensor:
+    """L1 between the refinement's offsets (Δs, Δe) [..., 2] and their targets
+    (`localizer.refine_offset_targets`), summed over the two boundaries: float [...]."""
+    return (pred_offsets - target_offsets).abs().sum(-1)
+
+
+def quality_loss(quality_logits: torch.Tensor, target_iou: torch.Tensor) -> torch.Tensor:
+    """BCE of the quality score against a soft target in [0, 1], per location: float [...].
+
+    The target (localizer_loss) is the tIoU of the location's coarse segment with its ground truth
+    (no gradient through it): at inference the score multiplies the class probability, so locations
+    whose proposals fit their action well rank first. Computed on positive locations only.
+    """
+    return F.binary_cross_entropy_with_logits(quality_logits, target_iou.to(quality_logits.dtype),
+                                              reduction="none")
+
+
+def localizer_loss(
+    outputs: dict, targets: dict, loc_weight: float = 1.0, quality_weight: float = 1.0,
+    gamma: float = 2.0, alpha: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The AL-STAL localizer's training loss (paper Eq.2).
+
+    Both classifiers (coarse, refined) are trained on the location's assigned class with the softmax
+    focal loss; the coarse segment by tIoU; the refinement by L1 on the offsets that would turn the
+    coarse segment (detached) into the ground truth; the quality by BCE against the coarse tIoU.
+
+    Args:
+        outputs: the localizer's outputs (coarse_logits, refine_logits [B, N, C+1], coarse_segments,
+            refine_offsets [B, N, 2], quality_logits [B, N]).
+        targets: `localizer_targets`: cls int [B, N] (0 background, c+1 action, -1 ignored),
+            segments float [B, N, 2].
+        loc_weight: λ of Eq.2 (the paper: 10 on THUMOS'14, 1 on ActivityNet); quality_weight: γ (1).
+        gamma, alpha: of `softmax_focal_loss`.
+
+    Returns:
+        total, coarse_cls, coarse_loc, refine_cls, refine_loc, quality: scalars.
+    """
+    from raylab.models.localizer import refine_offset_targets, segment_iou
+
+    cls = targets["cls"].long()
+    pos = cls > 0  # [B, N]
+    norm = pos.sum().clamp_min(1)
+    coarse = outputs["coarse_segments"][pos]  # [P, 2]
+    gt = targets["segments"][pos].to(coarse.dtype)  # [P, 2]
+    offsets = refine_offset_targets(coarse.detach(), gt)  # [P, 2]
+    fit = segment_iou(coarse.detach(), gt)  # [P]: the quality target
+    terms = {
+        "coarse_cls": softmax_focal_loss(outputs["coarse_logits"], cls, gamma, alpha).sum() / norm,
+        "coarse_loc": tiou_loss(coarse, gt).sum() / norm,
+        "refine_cls": softmax_focal_loss(outputs["refine_logits"], cls, gamma, alpha).sum() / norm,
+        "refine_loc": boundary_l1_loss(outputs["refine_offsets"][pos], offsets).sum() / norm,
+        "quality": quality_loss(outputs["quality_logits"][pos], fit).sum() / norm,
+    }
+    terms["total"] = (terms["coarse_cls"] + loc_weight * terms["coarse_loc"] + terms["refine_cls"]
+                      + terms["refine_loc"] + quality_weight * terms["quality"])
+    return terms
