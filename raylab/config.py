@@ -158,6 +158,87 @@ class ScoreConfig:
             raise ConfigError(f"score.tau must be in (0, 1], got {self.tau}")
 
 
+@dataclass(frozen=True)
+class LocalizerConfig:
+    feature_dim: int = 0  # D of the snippet features; 0 = the features' own (set when a run opens them)
+    width: int = 256  # channels of the pyramid, the heads and the refinement
+    levels: int = 4  # pyramid levels; level l has stride 2**l snippets
+    size_base: float = 8.0  # level l learns segments of length [base 2**(l-1), base 2**l) snippets
+    dropout: float = 0.3  # dropout on the pyramid features before all heads: the only stochastic layers
+    boundary_ratio: float = 0.1  # half-width of a boundary pooling window / coarse segment length
+    boundary_samples: int = 5  # interpolated points per pooling window; the pooled feature is their max
+
+    def __post_init__(self):
+        if self.feature_dim < 0:
+            raise ConfigError(f"localizer.feature_dim must be >= 0, got {self.feature_dim}")
+        for name in ("width", "levels", "boundary_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"localizer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.size_base <= 0 or self.boundary_ratio < 0:
+            raise ConfigError("localizer.size_base must be > 0 and localizer.boundary_ratio >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"localizer.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Stride of each pyramid level, in snippets."""
+        return tuple(2**level for level in range(self.levels))
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    dir: str = ""  # folder of <video_id>.npy [T, D] snippet features; "" = extract into <dataset>/features
+    encoder: str = "default"  # default (small frozen 3D-conv net, seeded) | torchscript (encoder_weights)
+    encoder_weights: str = ""  # local TorchScript file: [B, 3, T, H, W] float in [0, 1] -> [B, D]
+    snippet_frames: int = 8  # frames per snippet fed to the encoder
+    snippet_stride: int = 4  # frames between the starts of consecutive snippets (i starts at i * stride)
+    height: int = 64  # frames are resized to this before encoding
+    width: int = 64
+    fps: float = 0.0  # precomputed features without features.json: frame rate they were taken at (0 = index)
+
+    def __post_init__(self):
+        if self.encoder not in ("default", "torchscript"):
+            raise ConfigError(f"features.encoder must be default or torchscript, got {self.encoder!r}")
+        if self.encoder == "torchscript" and not self.encoder_weights:
+            raise ConfigError("features.encoder torchscript needs features.encoder_weights (a local file)")
+        for name in ("snippet_frames", "snippet_stride", "height", "width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+
+
+ALSTAL_SCORES = ("tpe", "tci", "random")
+
+
+@dataclass(frozen=True)
+class ALSTALConfig:
+    score: str = "tpe"  # video score: tpe (Eq.4) | tci (Eq.5-7) | random (baseline, no scores)
+    aggregation: str = "sum"  # max | sum | mean-max over the temporal locations of a video
+    radius: int = 1  # TCI window radius r (locations)
+    regions: int = 4  # mean-max regions N_R
+    init_fraction: float = 0.05  # training videos labelled at random before the first cycle
+    step_fraction: float = 0.05  # training videos selected per cycle
+    pseudo_threshold: float = 0.5  # score (after Soft-NMS) a prediction needs to be a pseudo-label
+    window: int = 128  # snippets per training window (videos are tiled into windows, half overlapping)
+    nms_sigma: float = 0.5  # Gaussian Soft-NMS: score * exp(-tIoU^2 / sigma)
+    top_k: int = 100  # segments kept per video after Soft-NMS
+    cost_per_video: float = 1.0  # annotation cost of one video (AL-STAL counts videos)
+    preset: str = "thumos14"  # tIoU thresholds of the evaluation: thumos14 (0.3:0.1:0.7) | activitynet
+
+    def __post_init__(self):
+        if self.score not in ALSTAL_SCORES:
+            raise ConfigError(f"alstal.score must be one of {', '.join(ALSTAL_SCORES)}, got {self.score!r}")
+        if self.aggregation not in ("max", "sum", "mean-max"):
+            raise ConfigError(f"alstal.aggregation must be max, sum or mean-max, got {self.aggregation!r}")
+        if self.preset not in ("thumos14", "activitynet"):
+            raise ConfigError(f"alstal.preset must be thumos14 or activitynet, got {self.preset!r}")
+        if self.radius < 0 or self.regions < 1 or self.window < 1 or self.top_k < 1:
+            raise ConfigError("alstal.radius must be >= 0; regions, window and top_k >= 1")
+        if not 0 < self.init_fraction <= 1 or not 0 < self.step_fraction <= 1:
+            raise ConfigError("alstal.init_fraction and alstal.step_fraction must be in (0, 1]")
+        if not 0 <= self.pseudo_threshold <= 1 or self.nms_sigma <= 0:
+            raise ConfigError("alstal.pseudo_threshold must be in [0, 1] and alstal.nms_sigma > 0")
+
+
 ORACLES = ("simulated", "human")
 
 
@@ -200,9 +281,13 @@ class RayConfig:
     decode_num_cpus: float = 1.0  # CPUs reserved per Ray Data decode task
 
 
+METHODS = ("asl", "alstal")
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "asl_synth"  # run name; the run directory defaults to runs/<name>
+    method: str = "asl"  # asl (frames, spatio-temporal detector) | alstal (videos, temporal localizer)
     seed: int = 0  # seed of every random choice of a run (initial labels, clip sampling)
     data: DataConfig = field(default_factory=DataConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
@@ -211,7 +296,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    alstal: ALSTALConfig = field(default_factory=ALSTALConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:

@@ -31,40 +31,14 @@ left out and renormalised) that TPE and TCI score (Eq.4-7).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylab.config import ConfigError
+from raylab.config import LocalizerConfig
 
 MIN_REFINE_LENGTH = 1.0  # snippets: refinement offsets are in units of half the coarse length, at least this
-
-
-@dataclass(frozen=True)
-class LocalizerConfig:
-    feature_dim: int = 2048  # D of the snippet features (2048: I3D RGB + flow, 1024 each)
-    width: int = 256  # channels of the pyramid, the heads and the refinement
-    levels: int = 4  # pyramid levels; level l has stride 2**l snippets
-    size_base: float = 8.0  # level l learns segments of length [base 2**(l-1), base 2**l) snippets
-    dropout: float = 0.3  # dropout on the pyramid features before all heads: the only stochastic layers
-    boundary_ratio: float = 0.1  # half-width of a boundary pooling window / coarse segment length
-    boundary_samples: int = 5  # interpolated points per pooling window; the pooled feature is their max
-
-    def __post_init__(self):
-        for name in ("feature_dim", "width", "levels", "boundary_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"localizer.{name} must be >= 1, got {getattr(self, name)}")
-        if self.size_base <= 0 or self.boundary_ratio < 0:
-            raise ConfigError("localizer.size_base must be > 0 and localizer.boundary_ratio >= 0")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"localizer.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """Stride of each pyramid level, in snippets."""
-        return tuple(2**level for level in range(self.levels))
 
 
 # ---------------------------------------------------------------- geometry (pure torch)
@@ -145,6 +119,8 @@ class Localizer(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if cfg.feature_dim < 1:
+            raise ValueError("localizer.feature_dim must be set to the features' D before building the model")
         self.cfg, self.num_classes = cfg, num_classes
         w = cfg.width
         self.embed = nn.Sequential(_conv_gn(cfg.feature_dim, w), _conv_gn(w, w))
