@@ -19,9 +19,10 @@ from pathlib import Path
 
 import ray
 
+from raylab.asl import training_dataset
 from raylab.config import load_config
 from raylab.data.stream import init_ray
-from raylab.loop import open_run, training_dataset
+from raylab.loop import open_run
 from raylab.train import train_cycle
 
 

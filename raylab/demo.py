@@ -15,7 +15,7 @@ from pathlib import Path
 
 from raylab.config import Config
 from raylab.data.stream import cluster_gpus, init_ray
-from raylab.loop import metrics_table, run_loop, with_strategy
+from raylab.loop import method_of, metrics_table, run_loop, with_strategy
 from raylab.rundir import read_metrics
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGI
         run_loop(with_strategy(cfg, strategy), out / strategy)
         runs[strategy] = out / strategy
     print()
-    print(metrics_table({s: read_metrics(r) for s, r in runs.items()}))
+    print(metrics_table({s: read_metrics(r) for s, r in runs.items()}, method_of(cfg).TABLE_METRICS))
     html = write_report(list(runs.values()), out / "report")
     print(f"\ndemo done in {time.perf_counter() - start:.0f} s. Report: {html.resolve()}\n"
           f"Run directories (labels, selections, metrics.jsonl): {', '.join(str(r) for r in runs.values())}")

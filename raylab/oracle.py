@@ -25,7 +25,7 @@ import pandas as pd
 
 from raylab import rundir
 from raylab.data.annotations import BOX_TOLERANCE_PX, AnnotationError, Problem
-from raylab.data.label_rows import index_lookup
+from raylab.data.label_rows import WHOLE_VIDEO, index_lookup
 from raylab.data.labels import LabelStore, LabelValidationError
 from raylab.oracle_formats import (
     Parsed,
@@ -85,6 +85,28 @@ def reveal_frames(
             masks = [] if group["mask_rle"].isna().any() else [list(m) for m in group["mask_rle"]]
         rows.append((video_id, int(frame), boxes, labels, masks, clicks_per_actor * len(boxes)))
     return pd.DataFrame(rows, columns=["video_id", "frame", "boxes", "box_labels", "mask_rle", "cost"])
+
+
+def reveal_videos(gt: pd.DataFrame, video_ids, cost_per_video: float = 1.0) -> pd.DataFrame:
+    """Ground-truth segments of whole videos (AL-STAL), as label-store rows.
+
+    Args:
+        gt: temporal ground truth (schema.GT_SEGMENTS_SCHEMA: video_id, t_start, t_end, label).
+        video_ids: the videos to annotate, in request order.
+        cost_per_video: annotation cost of one video (AL-STAL counts videos).
+
+    Returns:
+        one row per video: video_id, frame -1 (whole video), segments (list of {t_start, t_end, label},
+        by start time; [] for a video without actions), cost.
+    """
+    by_video = {v: g.sort_values(["t_start", "t_end"]) for v, g in gt.groupby("video_id", sort=False)}
+    rows = []
+    for video_id in video_ids:
+        g = by_video.get(video_id)
+        segments = [] if g is None else [{"t_start": float(a), "t_end": float(b), "label": int(c)}
+                                         for a, b, c in zip(g["t_start"], g["t_end"], g["label"])]
+        rows.append((video_id, WHOLE_VIDEO, segments, float(cost_per_video)))
+    return pd.DataFrame(rows, columns=["video_id", "frame", "segments", "cost"])
 
 
 # ------------------------------------------------------------------------------------- human oracle

@@ -43,14 +43,16 @@ from raylab.rundir import (
     metric_value,
     read_metrics,
     read_state,
+    strategy_name,
     write_atomic,
 )
 
 log = logging.getLogger(__name__)
 
 # (family, threshold) in metrics.jsonl's "metrics", with the papers' short names
-CURVE_METRICS = (("frame_map", "0.5"), ("video_map", "0.2"), ("video_map", "0.5"))
-SHORT_NAMES = {"frame_map": "f-mAP", "video_map": "v-mAP"}
+CURVE_METRICS = (("frame_map", "0.5"), ("video_map", "0.2"), ("video_map", "0.5"),  # ASL
+                 ("map", "0.5"), ("map", "avg"))  # AL-STAL: mAP@0.5 and the mean over the preset's tIoUs
+SHORT_NAMES = {"frame_map": "f-mAP", "video_map": "v-mAP", "map": "mAP"}
 SELECTION_COLUMNS = {"video_id": str, "frame": np.int64, "score": float, "rank": np.int64,
                      "strategy": str, "cycle": np.int64}
 NO_SELECTION = "no selection yet"
@@ -71,7 +73,7 @@ class ReportRun:
 
     @property
     def strategy(self) -> str:
-        return self.data.cfg.loop.strategy
+        return strategy_name(self.data.cfg)
 
 
 def write_report(runs: list[Path], out: Path, videos_shown: int = 4, thumbnails: int = 8) -> Path:
@@ -96,12 +98,32 @@ def write_report(runs: list[Path], out: Path, videos_shown: int = 4, thumbnails:
         run.label = label
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    methods = {r.data.cfg.method for r in loaded}
+    if len(methods) > 1:
+        raise RunStateError(f"one report compares runs of one method; these mix {', '.join(sorted(methods))}")
+    unit = "videos" if methods == {"alstal"} else "frames"
     curves = [_img(p, f"learning curve {p.stem}") for p in plot_learning_curves(loaded, out)]
     sections = [
         ("Learning curves", _paragraph(
-            "Each metric against the labelled fraction of the training frames, one line per run (the papers' "
-            "Figure 1), and the same numbers per cycle (Table 1). mAP in %.")
+            f"Each metric against the labelled fraction of the training {unit}, one line per run (the "
+            "papers' Figure 1), and the same numbers per cycle (Table 1). mAP in %.")
          + f"<div class=figures>{''.join(curves)}</div>" + metrics_table(loaded)),
+    ]
+    if unit == "videos":
+        sections.append(("Selected videos", _paragraph(
+            "The videos each run sent to the oracle, per cycle, highest score first (AL-STAL selects whole "
+            "videos; random has no score).") + selected_videos_table(loaded)))
+    else:
+        sections += frame_sections(loaded, out, videos_shown, thumbnails)
+    page = out / "index.html"
+    write_atomic(page, render_html(loaded, sections))
+    log.info("report of %d run(s) written to %s", len(loaded), page)
+    return page
+
+
+def frame_sections(loaded: list[ReportRun], out: Path, videos_shown: int, thumbnails: int) -> list:
+    """ASL's figures of the selected frames: timelines, frames per video, thumbnails."""
+    return [
         ("Where the frames were picked", _paragraph(
             "Each strip is one run over a video's frames: shaded = ground-truth action, grey ticks = initial "
             "labels, coloured ticks = the frames selected in each cycle (the papers' Figure 3).")
@@ -113,10 +135,21 @@ def write_report(runs: list[Path], out: Path, videos_shown: int = 4, thumbnails:
             "The highest-scoring frames of the latest selection first, with their ground-truth boxes.")
          + _img_or_empty(plot_thumbnails(loaded[0], out, thumbnails), "selected frames")),
     ]
-    page = out / "index.html"
-    write_atomic(page, render_html(loaded, sections))
-    log.info("report of %d run(s) written to %s", len(loaded), page)
-    return page
+
+
+def selected_videos_table(runs: list[ReportRun]) -> str:
+    """HTML table: one row per run and cycle with the selected videos (and scores)."""
+    rows = []
+    for run in runs:
+        picked = run.selections.drop_duplicates(["cycle", "video_id"])  # whole-video rows were expanded
+        for k, sel in picked.groupby("cycle", sort=True):
+            videos = ", ".join(f"{v}" + ("" if math.isnan(sc) else f" ({sc:.3g})")
+                               for v, sc in zip(sel["video_id"], sel["score"].astype(float)))
+            rows.append(f"<tr><td>{html.escape(run.label)}</td><td>{k}</td><td>{html.escape(videos)}</td></tr>")
+    if not rows:
+        return _paragraph(NO_SELECTION)
+    return ("<table class=metrics><thead><tr><th>run</th><th>cycle</th><th>videos (score)</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
 
 # ---- loading -------------------------------------------------------------------------------------------

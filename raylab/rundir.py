@@ -8,7 +8,8 @@
         metrics/cycle=K.json       the evaluation of cycle K; metrics.jsonl is rebuilt from these
         metrics.jsonl              one line per cycle
         scores/cycle=K/            score shards (score.py)
-        selections/cycle=K.parquet video_id, frame, score, rank, strategy
+        selections/cycle=K.parquet video_id, frame, score, rank, strategy (frame -1: a whole video)
+        pseudo/cycle=K.parquet     AL-STAL: pseudo-labels of unlabelled videos by cycle K's model
         exports/cycle=K/           tasks for annotators (human oracle)
         report/                    plots and index.html
 
@@ -35,6 +36,10 @@ CONFIG_FILE = "config.yaml"
 
 class RunStateError(Exception):
     """A run directory that cannot be used as asked (not a run, another config, a pending selection)."""
+
+
+class PendingAnnotation(Exception):
+    """Raised by an annotate step: a human selection waits for `raylab import`; the run stops cleanly."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -93,6 +98,10 @@ class RunPaths:
 
     def selection(self, cycle: int) -> Path:
         return self.path / "selections" / f"cycle={cycle}.parquet"
+
+    def pseudo(self, cycle: int) -> Path:
+        """AL-STAL pseudo-labels of the unlabelled videos by cycle K's model (for cycle K+1's training)."""
+        return self.path / "pseudo" / f"cycle={cycle}.parquet"
 
     def exports(self, cycle: int) -> Path:
         return self.path / "exports" / f"cycle={cycle}"
@@ -153,6 +162,11 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def strategy_name(cfg: Config) -> str:
+    """What a run selects by: loop.strategy for ASL, the video score (alstal.score) for AL-STAL."""
+    return cfg.alstal.score if cfg.method == "alstal" else cfg.loop.strategy
+
+
 def metric_value(record: dict, name: str) -> float | None:
     """A metric of a metrics.jsonl line by name ("frame_map@0.5", "video_map@0.5:0.95"); None if absent."""
     family, _, threshold = name.partition("@")
@@ -177,10 +191,23 @@ def pending_selection(run: Path) -> int | None:
 
 
 def dataset_root(cfg: Config) -> Path:
-    """The spatio-temporal dataset directory of a config (data.root, or where SynthActions is generated)."""
+    """The dataset directory of a config: data.root, or where SynthActions is generated (its
+    spatio-temporal set for ASL, its temporal set for AL-STAL)."""
     if cfg.data.root:
         return Path(cfg.data.root)
-    return Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}" / "spatiotemporal"
+    kind = "temporal" if cfg.method == "alstal" else "spatiotemporal"
+    return Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}" / kind
+
+
+def ensure_dataset(cfg: Config) -> Path:
+    """`dataset_root(cfg)`, generating SynthActions there first when data.root is "" and it is missing."""
+    root = dataset_root(cfg)
+    if not cfg.data.root and not (root / "dataset.json").is_file():
+        from raylab.data.synthetic import generate
+
+        generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
+                 overwrite=True)  # a half-written set from an interrupted generation is replaced
+    return root
 
 
 @dataclass
@@ -193,6 +220,7 @@ class RunData:
     meta: dict
     index: pd.DataFrame
     gt: pd.DataFrame
+    features: pd.DataFrame | None = None  # AL-STAL: snippet features per video, once read (alstal.features)
 
     @property
     def train(self) -> pd.DataFrame:

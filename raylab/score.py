@@ -103,9 +103,9 @@ def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
     The shards are written to a temporary folder that replaces scores/cycle=K only when complete, so
     an interrupted scoring leaves either nothing or the whole table.
     """
+    from raylab.asl import clip_stream
     from raylab.data.clips import tile_clips
     from raylab.data.stream import init_ray
-    from raylab.loop import clip_stream
     from raylab.train import MODEL_FILE
 
     checkpoint = data.paths.checkpoint_dir(cycle) / MODEL_FILE

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from raylab.asl import initial_requests
 from raylab.config import load_config
 from raylab.data.annotations import load_dataset
 from raylab.data.clips import annotated_clips
@@ -12,9 +13,9 @@ from raylab.data.stream import clip_table, decode_clips
 from raylab.data.targets import group_labels
 from raylab.eval.predict import predict_dataset
 from raylab.eval.stad import evaluate_stad
-from raylab.loop import ensure_dataset, initial_requests
 from raylab.models.detector import Detector
 from raylab.oracle import reveal_frames
+from raylab.rundir import ensure_dataset
 from raylab.train import train_epoch
 
 

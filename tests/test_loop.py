@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raylab.asl import cycle_budget
 from raylab.config import load_config
 from raylab.data.labels import LabelStore
-from raylab.loop import config_differences, cycle_budget, open_run, stop_reason
+from raylab.loop import config_differences, open_run, stop_reason
 from raylab.rundir import RunStateError, metric_value, next_step, read_state, write_atomic, write_state
 
 REPO = Path(__file__).resolve().parents[1]

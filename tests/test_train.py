@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from raylab.asl import training_dataset
 from raylab.config import load_config
-from raylab.loop import open_run, training_dataset
+from raylab.loop import open_run
 
 
 @pytest.fixture(scope="module")

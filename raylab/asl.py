@@ -1,0 +1,176 @@
+"""ASL's steps of the active-learning cycle: frames, the spatio-temporal detector, APU selection.
+
+    train     Ray Train on clips around every labelled frame (MGW loss)   checkpoints/cycle=K/model.pt
+    evaluate  frame-/video-mAP on the test split (ACT protocol)           metrics/cycle=K.json
+    score     MC-dropout actor pool over the unlabelled frames            scores/cycle=K/   (skipped by
+              random and equidistant selection, which never read scores)
+    select    `loop.strategy` picks loop.step_fraction of all frames      selections/cycle=K.parquet
+    annotate  the oracle answers; one atomic label-store append           labels/ (cycle K+1)
+
+`raylab.loop` runs these in order and resumes them; this module only knows what each step does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raylab.config import Config
+from raylab.data.annotations import load_dataset
+from raylab.data.clips import annotated_clips
+from raylab.data.labels import LabelStore
+from raylab.data.stream import clip_dataset, clip_table, init_ray
+from raylab.data.targets import group_labels
+from raylab.oracle import reveal_frames
+from raylab.rundir import (
+    STEPS,
+    PendingAnnotation,
+    RunData,
+    RunPaths,
+    ensure_dataset,
+    write_atomic,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+# metrics of the per-cycle tables: (name for rundir.metric_value, header)
+TABLE_METRICS = (("frame_map@0.5", "f-mAP@0.5"), ("video_map@0.2", "v-mAP@0.2"),
+                 ("video_map@0.5", "v-mAP@0.5"))
+
+
+def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """A uniformly random `fraction` of all frames of the videos in `index` (at least one frame)."""
+    offsets = np.concatenate([[0], np.cumsum(index["num_frames"].to_numpy())])
+    count = max(1, int(round(fraction * offsets[-1])))
+    picks = np.sort(np.random.default_rng(seed).choice(offsets[-1], count, replace=False))
+    video = np.searchsorted(offsets, picks, side="right") - 1
+    return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
+
+
+def open_data(cfg: Config, paths: RunPaths) -> tuple[RunData, LabelStore]:
+    """The spatio-temporal dataset and the label store; labels the initial random frames on first use."""
+    root = ensure_dataset(cfg)
+    meta, index, gt = load_dataset(root)
+    data = RunData(cfg, paths, root, meta, index, gt)
+    store = LabelStore(paths.labels, index=index)
+    if 0 not in store.cycles():
+        requests = initial_requests(data.train, cfg.labels.init_fraction, cfg.seed)
+        store.append(reveal_frames(gt, requests, cfg.loop.clicks_per_actor), cycle=0, source="init")
+    return data, store
+
+
+def labelled_fraction(data: RunData, store: LabelStore) -> float:
+    """Labelled training frames / all training frames."""
+    return store.labelled_fraction(int(data.train["num_frames"].sum()))
+
+
+# ---- the clip streams of a cycle -------------------------------------------------------------------
+
+
+def clip_stream(cfg: Config, clips: pd.DataFrame, root: Path, index: pd.DataFrame, store: LabelStore):
+    """The Ray Data stream of `clips` with the run's labels, at the config's clip size, σ and weighting."""
+    c = cfg.clips
+    table = clip_table(clips, index, root, group_labels(store.table()))
+    return clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
+                        c.clips_per_task, cfg.ray.decode_num_cpus)
+
+
+def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
+    """The Ray Data clip stream of a cycle: clips around every labelled frame, in a seeded random order."""
+    c = cfg.clips
+    clips = annotated_clips(data.train, store.labelled_frames(), c.length, c.stride, c.clips_per_annotation,
+                            seed=cfg.seed + cycle)
+    clips = clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
+    ds = clip_stream(cfg, clips, data.root, data.index, store)
+    # read once per epoch inside Ray Train: its progress is the epoch log, not a Ray Data bar per epoch
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
+
+
+# ---- the steps -------------------------------------------------------------------------------------
+
+
+def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
+    from raylab.train import train_cycle
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    train_cycle(cfg, data.paths.path, cycle, training_dataset(cfg, data, store, cycle), len(data.classes))
+
+
+def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
+    """frame-/video-mAP of the cycle's detector on the test split (ACT protocol) -> metrics/cycle=K.json."""
+    from raylab.eval.predict import predict_dataset
+    from raylab.eval.stad import evaluate_stad
+    from raylab.train import MODEL_FILE, load_detector
+
+    test = data.index[data.index["split"] == "test"].reset_index(drop=True)
+    checkpoint = data.paths.checkpoint_dir(cycle)
+    doc = predict_dataset(load_detector(checkpoint / MODEL_FILE), test,
+                          data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes, data.root,
+                          cfg.clips.length, (cfg.clips.height, cfg.clips.width), batch=cfg.clips.batch_size)
+    metrics = evaluate_stad(doc)
+    history = checkpoint / "history.jsonl"
+    record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
+              "labelled_frames": len(store), "cost": store.cost(),
+              "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
+              "train_history": [json.loads(line) for line in history.read_text().splitlines()]
+              if history.is_file() else []}
+    write_atomic(data.paths.cycle_metrics(cycle), json.dumps(record) + "\n")
+
+
+def score_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
+    from raylab.acquisition.select import UNSCORED
+    from raylab.score import score_cycle
+
+    if cfg.loop.strategy in UNSCORED:
+        log.info("cycle %d: %s selection reads no scores; scoring skipped", cycle, cfg.loop.strategy)
+        return
+    score_cycle(cfg, data, store, cycle)
+
+
+def cycle_budget(cfg: Config, data: RunData, store: LabelStore) -> int:
+    """Frames to select this cycle: step_fraction of the training frames, never past loop.budget."""
+    total = int(data.train["num_frames"].sum())
+    step = max(1, int(round(cfg.loop.step_fraction * total)))
+    return max(0, min(step, int(np.floor(cfg.loop.budget * total + 1e-9)) - len(store), total - len(store)))
+
+
+def select_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
+    from raylab.acquisition.select import UNSCORED, select_frames
+
+    train = data.train
+    if cfg.loop.strategy in UNSCORED:  # every frame is a candidate; the score column is not read
+        frames = np.concatenate([np.arange(n) for n in train["num_frames"]])
+        scores = pd.DataFrame({"video_id": np.repeat(train["video_id"].to_numpy(), train["num_frames"]),
+                               "frame": frames, "uncertainty": 0.0})
+    else:
+        scores = pd.read_parquet(data.paths.scores(cycle))
+    picked = select_frames(scores, store.to_pandas()[["video_id", "frame"]],
+                           dict(zip(train["video_id"], train["num_frames"])), cycle_budget(cfg, data, store),
+                           cfg.loop.strategy, sigma=cfg.labels.sigma, lam=cfg.loop.lam, seed=cfg.seed + cycle,
+                           min_gap=cfg.loop.min_gap)
+    write_parquet_atomic(data.paths.selection(cycle), picked)
+
+
+def annotate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
+    """The oracle's answer to cycle K's selection, appended as cycle K+1 (once: a rerun finds it there)."""
+    if cycle + 1 in store.cycles():
+        return
+    selection = pd.read_parquet(data.paths.selection(cycle))
+    if cfg.loop.oracle == "human":
+        raise PendingAnnotation(cycle)
+    rows = reveal_frames(data.gt, selection, cfg.loop.clicks_per_actor)
+    store.append(rows, cycle=cycle + 1, source="oracle")
+
+
+STEP_FUNCTIONS = {"train": train_step, "evaluate": evaluate_step, "score": score_step,
+                  "select": select_step, "annotate": annotate_step}
+assert tuple(STEP_FUNCTIONS) == STEPS
+
+
