@@ -1,9 +1,16 @@
 """Training of one active-learning cycle on Ray Train (DDP: gloo on CPU, nccl on GPU).
 
-`train_epoch` is plain torch. `train_func` is the only Ray-aware function: it builds the detector,
-resumes from Ray Train's checkpoint after a worker failure (or warm-starts from the previous cycle),
-wraps the model for DDP, and iterates its shard of the Ray Data clip stream. `train_cycle` sets up the
-TorchTrainer from the config and leaves the cycle's weights in `checkpoints/cycle=K/model.pt`.
+Shared by both models of raylab (the ASL detector here, the AL-STAL localizer in raylab/localize.py):
+
+- `worker_loop` is the Ray-aware body of a worker: it resumes from Ray Train's checkpoint after a worker
+  failure (or warm-starts from the previous cycle), wraps the model for DDP, runs a plain-torch epoch
+  function over its shard of the Ray Data stream, reports metrics and has rank 0 save checkpoints.
+- `fit_cycle` sets up the TorchTrainer from the config (a unique run name, storage, failure and
+  checkpoint policies, the per-epoch history log, the CPU check) and leaves the cycle's weights in
+  `checkpoints/cycle=K/model.pt`.
+
+The detector's own pieces: `train_epoch` (plain torch), `train_func` (builds the model, calls
+`worker_loop`) and `train_cycle`.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,159 @@ class CycleResult:
     checkpoint: Path  # checkpoints/cycle=K/model.pt
     history: list[dict]  # one dict of metrics per epoch (rank 0)
     seconds: float
+
+
+# ---------------------------------------------------------------- shared by every model
+
+
+def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save: Callable,
+                warm_start: Callable) -> None:
+    """The Ray-aware part of a training worker, for any model (runs on every worker).
+
+    Args:
+        config: the loop config of `base_loop_config` (plus the model's own keys).
+        model: freshly built on every rank from the same seed (DDP also broadcasts rank 0's weights).
+        run_epoch: plain torch, `run_epoch(model, batches, optimizer, device, amp) -> metrics dict`.
+        save: `save(path, model, optimizer=state_dict, epoch=int)` writes MODEL_FILE; its "model" entry
+            is the state_dict a restarted worker resumes from.
+        warm_start: `warm_start(model, path)` loads the weights of config["warm_start"] when set.
+    """
+    import ray.train
+    import ray.train.torch
+
+    optimizer_state, first_epoch = None, 0
+    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer_state, first_epoch = state["optimizer"], state["epoch"] + 1
+    elif config.get("warm_start"):
+        warm_start(model, config["warm_start"])
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    amp = config["mixed_precision"] and device.type == "cuda"
+    shard = ray.train.get_dataset_shard("train")
+    rank = ray.train.get_context().get_world_rank()
+    for epoch in range(first_epoch, config["epochs"]):
+        start = time.perf_counter()
+        # a different order every epoch, the same on every run
+        batches = shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
+                                     local_shuffle_buffer_size=4 * config["batch_size"],
+                                     local_shuffle_seed=config["seed"] + epoch)
+        metrics = run_epoch(model, batches, optimizer, device, amp)
+        metrics.update(epoch=epoch, seconds=time.perf_counter() - start)
+        last = epoch == config["epochs"] - 1
+        periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
+        if (last or periodic) and rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                save(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def base_loop_config(cfg: Config, run_dir: Path, cycle: int, fallback_weights: str = "") -> dict:
+    """The loop config keys `worker_loop` reads, from the config.
+
+    warm_start: checkpoints/cycle=K-1/model.pt when `train.warm_start` is set and it exists, else
+    `fallback_weights` (a user's weights file, or "" for a random initialisation). Absolute paths:
+    Ray Train workers run in a directory of their own.
+    """
+    t = cfg.train
+    previous = run_dir / "checkpoints" / f"cycle={cycle - 1}" / MODEL_FILE
+    warm = str(previous.resolve()) if t.warm_start and previous.is_file() else fallback_weights
+    return {"warm_start": warm, "epochs": t.epochs, "lr": t.lr, "weight_decay": t.weight_decay,
+            "mixed_precision": t.mixed_precision, "checkpoint_every": t.checkpoint_every,
+            "batch_size": cfg.clips.batch_size, "seed": cfg.seed + cycle}
+
+
+def _epoch_log(path: Path):
+    """A Ray Train callback (it runs in the Train controller) appending rank 0's metrics per epoch to
+    `path` as JSON lines, and logging them: the cycle's progress, and its history afterwards."""
+    import ray.train
+
+    class EpochLog(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            line = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics[0].items()}
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            log.info("train epoch %d: %s", line.get("epoch", -1),
+                     " ".join(f"{k}={v:.4g}" for k, v in line.items() if isinstance(v, float)))
+
+    return EpochLog()
+
+
+def _check_cpus_left_for_decoding(train_cpus: float, decode_cpus: float) -> None:
+    """Training workers hold their CPUs for the whole cycle; the data stream that feeds them needs CPUs
+    of its own, or both wait on each other forever."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    if total - train_cpus < decode_cpus:
+        raise ValueError(
+            f"train.num_workers x train.cpus_per_worker = {train_cpus:g} CPUs leaves "
+            f"{total - train_cpus:g} of the cluster's {total:g} for decoding clips, which needs "
+            f"ray.decode_num_cpus = {decode_cpus:g}: lower train.cpus_per_worker or ray.decode_num_cpus, "
+            "or add CPUs"
+        )
+
+
+def fit_cycle(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop_config: dict,
+              datasets: dict) -> CycleResult:
+    """Run `train_func` (a `worker_loop` caller) on a TorchTrainer for `cycle`; keep its final weights.
+
+    Args:
+        cfg: train.* gives the workers, resources and failure policy; ray.decode_num_cpus the CPUs that
+            must stay free for the data stream.
+        run_dir: the run directory; the cycle's files go to checkpoints/cycle=K/ (model.pt and
+            history.jsonl, one line of rank 0's metrics per epoch), Ray Train's to ray_train/.
+        train_func, loop_config: the worker function and its config dict.
+        datasets: Ray Data datasets by name ("train" is the one `worker_loop` reads).
+
+    Returns:
+        CycleResult: checkpoints/cycle=K/model.pt, the epoch history, the wall time.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    out = run_dir / "checkpoints" / f"cycle={cycle}"
+    out.mkdir(parents=True, exist_ok=True)
+    history_path = out / "history.jsonl"
+    history_path.unlink(missing_ok=True)
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            # a unique name: Ray Train resumes a run whose name it has seen before
+            name=f"cycle={cycle}-{uuid.uuid4().hex[:8]}",
+            storage_path=str((run_dir / "ray_train").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[_epoch_log(history_path)],
+        ),
+        datasets=datasets,
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        tmp = out / f".{MODEL_FILE}.part"
+        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+        tmp.replace(out / MODEL_FILE)
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- the ASL detector
 
 
 def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cls_weight: float,
@@ -68,130 +228,29 @@ def save_detector(path: Path, model, **extra) -> None:
 
 
 def train_func(config: dict) -> None:
-    """Ray Train worker loop (runs on every worker)."""
-    import ray.train
-    import ray.train.torch
-
-    detector_cfg = DetectorConfig(**config["detector"])
+    """Ray Train worker loop of the detector (runs on every worker)."""
     torch.manual_seed(config["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = Detector(detector_cfg, config["num_classes"])
-    optimizer_state, first_epoch = None, 0
-    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer_state, first_epoch = state["optimizer"], state["epoch"] + 1
-    elif config.get("warm_start"):
-        load_weights(model, config["warm_start"])
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    amp = config["mixed_precision"] and device.type == "cuda"
-    shard = ray.train.get_dataset_shard("train")
-    rank = ray.train.get_context().get_world_rank()
-    for epoch in range(first_epoch, config["epochs"]):
-        start = time.perf_counter()
-        # a different order every epoch, the same on every run
-        batches = shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
-                                     local_shuffle_buffer_size=4 * config["batch_size"],
-                                     local_shuffle_seed=config["seed"] + epoch)
-        metrics = train_epoch(model, batches, optimizer, device, amp, config["cls_weight"],
-                              config["loc_weight"])
-        metrics.update(epoch=epoch, seconds=time.perf_counter() - start)
-        last = epoch == config["epochs"] - 1
-        periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
-        if (last or periodic) and rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                save_detector(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+    model = Detector(DetectorConfig(**config["detector"]), config["num_classes"])
 
+    def run_epoch(model, batches, optimizer, device, amp):
+        return train_epoch(model, batches, optimizer, device, amp, config["cls_weight"], config["loc_weight"])
 
-def _epoch_log(path: Path):
-    """A Ray Train callback (it runs in the Train controller) appending rank 0's metrics per epoch to
-    `path` as JSON lines, and logging them: the cycle's progress, and its history afterwards."""
-    import ray.train
-
-    class EpochLog(ray.train.UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            line = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics[0].items()}
-            with open(path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            log.info("train epoch %d: %s", line.get("epoch", -1),
-                     " ".join(f"{k}={v:.4g}" for k, v in line.items() if isinstance(v, float)))
-
-    return EpochLog()
-
-
-def _check_cpus_left_for_decoding(train_cpus: float, decode_cpus: float) -> None:
-    """Training workers hold their CPUs for the whole cycle; the clip stream that feeds them needs CPUs
-    of its own, or both wait on each other forever."""
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0.0)
-    if total - train_cpus < decode_cpus:
-        raise ValueError(
-            f"train.num_workers x train.cpus_per_worker = {train_cpus:g} CPUs leaves "
-            f"{total - train_cpus:g} of the cluster's {total:g} for decoding clips, which needs "
-            f"ray.decode_num_cpus = {decode_cpus:g}: lower train.cpus_per_worker or ray.decode_num_cpus, "
-            "or add CPUs"
-        )
+    worker_loop(config, model, run_epoch, save_detector, load_weights)
 
 
 def train_cycle(cfg: Config, run_dir: Path, cycle: int, dataset, num_classes: int) -> CycleResult:
     """Train the detector of `cycle` on a Ray Data clip dataset (`stream.clip_dataset`).
 
-    Warm-starts from checkpoints/cycle=K-1/model.pt when `train.warm_start` is set and it exists.
+    Warm-starts from checkpoints/cycle=K-1/model.pt when `train.warm_start` is set and it exists, else
+    from `detector.weights` when given.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    t = cfg.train
-    out = run_dir / "checkpoints" / f"cycle={cycle}"
-    previous = run_dir / "checkpoints" / f"cycle={cycle - 1}" / MODEL_FILE
     user_weights = str(Path(cfg.detector.weights).resolve()) if cfg.detector.weights else ""
-    # absolute paths: Ray Train workers run in a directory of their own
-    warm = str(previous.resolve()) if t.warm_start and previous.is_file() else user_weights
     loop_config = {
+        **base_loop_config(cfg, run_dir, cycle, user_weights),
         "detector": dataclasses.asdict(dataclasses.replace(cfg.detector, weights="")),
-        "num_classes": num_classes, "warm_start": warm,
-        **{k: getattr(t, k) for k in ("epochs", "lr", "weight_decay", "cls_weight", "loc_weight",
-                                     "mixed_precision", "checkpoint_every")},
-        "batch_size": cfg.clips.batch_size, "seed": cfg.seed + cycle,
+        "num_classes": num_classes, "cls_weight": cfg.train.cls_weight, "loc_weight": cfg.train.loc_weight,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    history_path = out / "history.jsonl"
-    history_path.unlink(missing_ok=True)
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-    _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus)
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            # a unique name: Ray Train resumes a run whose name it has seen before
-            name=f"cycle={cycle}-{uuid.uuid4().hex[:8]}",
-            storage_path=str((run_dir / "ray_train").resolve()),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[_epoch_log(history_path)],
-        ),
-        datasets={"train": dataset},
-    )
-    start = time.perf_counter()
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        tmp = out / f".{MODEL_FILE}.part"
-        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
-        tmp.replace(out / MODEL_FILE)
-    history = [json.loads(line) for line in history_path.read_text().splitlines()]
-    return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
+    return fit_cycle(cfg, run_dir, cycle, train_func, loop_config, {"train": dataset})
 
 
 def load_detector(path: Path, device: str | torch.device = "cpu") -> Detector:

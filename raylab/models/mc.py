@@ -26,7 +26,7 @@ def enable_mc_dropout(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def _trial_rng(seed: int | None, device: torch.device):
+def trial_rng(seed: int | None, device: torch.device):
     """Draw the trial's dropout masks from `seed` without disturbing the caller's RNG state."""
     if seed is None:
         yield
@@ -56,7 +56,7 @@ def mc_forward(model: nn.Module, x: torch.Tensor, trials: int, seed: int | None 
     feats = model.encode(x)  # deterministic: no dropout inside the encoder
     fg, cls = [], []
     for i in range(trials):
-        with _trial_rng(None if seed is None else seed + i, x.device):
+        with trial_rng(None if seed is None else seed + i, x.device):
             out = model.decode(feats)
         fg.append(torch.sigmoid(out["fg_logits"]))
         cls.append(out["class_probs"])
@@ -69,7 +69,7 @@ def mc_forward_full(model: nn.Module, x: torch.Tensor, trials: int, seed: int | 
     enable_mc_dropout(model)
     fg, cls = [], []
     for i in range(trials):
-        with _trial_rng(None if seed is None else seed + i, x.device):
+        with trial_rng(None if seed is None else seed + i, x.device):
             out = model(x)
         fg.append(torch.sigmoid(out["fg_logits"]))
         cls.append(out["class_probs"])
