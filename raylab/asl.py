@@ -23,7 +23,7 @@ from raylab.config import Config
 from raylab.data.annotations import load_dataset
 from raylab.data.clips import annotated_clips
 from raylab.data.labels import LabelStore
-from raylab.data.stream import clip_dataset, clip_table, init_ray
+from raylab.data.stream import clip_dataset, clip_table, init_ray, quiet_per_epoch
 from raylab.data.targets import group_labels
 from raylab.oracle import reveal_frames
 from raylab.rundir import (
@@ -86,11 +86,7 @@ def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
     clips = annotated_clips(data.train, store.labelled_frames(), c.length, c.stride, c.clips_per_annotation,
                             seed=cfg.seed + cycle)
     clips = clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
-    ds = clip_stream(cfg, clips, data.root, data.index, store)
-    # read once per epoch inside Ray Train: its progress is the epoch log, not a Ray Data bar per epoch
-    ds.context.enable_progress_bars = False
-    ds.context.print_on_execution_start = False
-    return ds
+    return quiet_per_epoch(clip_stream(cfg, clips, data.root, data.index, store))
 
 
 # ---- the steps -------------------------------------------------------------------------------------

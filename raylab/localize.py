@@ -14,7 +14,8 @@ What train.py and score.py are to ASL's detector, this module is to the AL-STAL 
 - `predict_videos` / `evaluate_videos`: plain torch in one process, mAP at tIoU (`eval.tal`).
 
 Units. Feature i of a video covers snippet [i, i + 1) and starts at frame i * snippet_stride:
-seconds = x * snippet_stride / fps, x = t * fps / snippet_stride (`to_seconds`, `to_snippets`).
+seconds = x * snippet_stride / fps, x = t * fps / snippet_stride (`features.snippets_to_seconds`,
+`features.seconds_to_snippets`).
 
 Tables. feats: video_id, path (absolute .npy, float32 [T, D]), snippets (T), dim (D), fps,
 snippet_stride. Training segments: video_id, t_start, t_end (seconds), label (class index), source.
@@ -37,8 +38,9 @@ import torch
 
 from raylab.acquisition.temporal import video_scores
 from raylab.config import ALSTALConfig, Config, LocalizerConfig
-from raylab.data.stream import decode_features
+from raylab.data.stream import decode_features, quiet_per_epoch
 from raylab.eval.tal import evaluate_tal
+from raylab.features import seconds_to_snippets, snippets_to_seconds
 from raylab.losses import localizer_loss
 from raylab.models.localizer import Localizer, decode, localizer_targets, location_grid, per_level
 from raylab.models.mc import enable_mc_dropout, trial_rng
@@ -47,16 +49,6 @@ from raylab.train import CycleResult, base_loop_config, fit_cycle, worker_loop
 log = logging.getLogger(__name__)
 
 KEEP_INSIDE = 0.5  # a segment stays in a window when this fraction of min(its length, the window's) is inside
-
-
-def to_snippets(t, fps: float, snippet_stride: int) -> np.ndarray:
-    """Seconds -> snippet units (float64)."""
-    return np.asarray(t, np.float64) * fps / snippet_stride
-
-
-def to_seconds(x, fps: float, snippet_stride: int) -> np.ndarray:
-    """Snippet units -> seconds (float64)."""
-    return np.asarray(x, np.float64) * snippet_stride / fps
 
 
 # ---------------------------------------------------------------- training windows
@@ -126,7 +118,7 @@ def window_table(cfg: Config, feats: pd.DataFrame, segments: pd.DataFrame, video
         m = meta.loc[vid]
         t = int(m["snippets"])
         seg = by_video.get(vid, segments.iloc[:0])
-        snip = to_snippets(seg[["t_start", "t_end"]].to_numpy(), m["fps"], m["snippet_stride"])
+        snip = seconds_to_snippets(seg[["t_start", "t_end"]].to_numpy(), m["fps"], m["snippet_stride"])
         for s in window_starts(t, w):
             stop = min(s + w, t)
             frames = np.minimum(np.arange(s, s + w), t - 1)
@@ -187,9 +179,9 @@ def training_windows(cfg: Config, feats: pd.DataFrame, segments: pd.DataFrame, v
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     per_task = cfg.clips.clips_per_task
     blocks = [arrow.slice(i, per_task) for i in range(0, arrow.num_rows, per_task)] or [arrow]
-    return ray.data.from_arrow(blocks).map_batches(
+    return quiet_per_epoch(ray.data.from_arrow(blocks).map_batches(
         decode_windows, batch_size=None, batch_format="pyarrow", fn_kwargs={"max_segments": max_segments},
-        num_cpus=cfg.ray.decode_num_cpus)
+        num_cpus=cfg.ray.decode_num_cpus))
 
 
 # ---------------------------------------------------------------- training
@@ -357,7 +349,7 @@ class LocalizerScorer:
             score, det = score_video(self.model, _video_tensor(path, self.device), vid, self.trials,
                                      self.alstal)
             pseudo = det["scores"] >= self.alstal.pseudo_threshold
-            seconds = to_seconds(det["segments"][pseudo], fps, stride)
+            seconds = snippets_to_seconds(det["segments"][pseudo], fps, stride)
             for key, value in zip(cols, (vid, score, seconds[:, 0], seconds[:, 1], det["labels"][pseudo],
                                          det["scores"][pseudo])):
                 cols[key].append(value)
@@ -439,7 +431,7 @@ def predict_videos(cfg: Config, feats: pd.DataFrame, checkpoint: Path, video_ids
     for row in _video_rows(feats, video_ids).itertuples(index=False):
         with torch.no_grad():
             det = detections(model(_video_tensor(row.path, device)), cfg.alstal)
-        seconds = to_seconds(det["segments"], row.fps, row.snippet_stride)
+        seconds = snippets_to_seconds(det["segments"], row.fps, row.snippet_stride)
         predictions += [{"video": row.video_id, "label": classes[int(c)], "t_start": float(a),
                          "t_end": float(b), "score": float(s)}
                         for (a, b), c, s in zip(seconds, det["labels"], det["scores"])]

@@ -150,6 +150,14 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         ray.init(num_cpus=num_cpus or None, include_dashboard=False)
 
 
+def quiet_per_epoch(ds):
+    """`ds` without a Ray Data progress bar: a training dataset is read once per epoch inside Ray Train,
+    whose per-epoch reports are the progress; a bar per epoch would flood the console."""
+    ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
+    return ds
+
+
 def cluster_gpus() -> float:
     """GPUs of the Ray cluster this process is connected to (0 without GPUs)."""
     import ray
