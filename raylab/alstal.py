@@ -72,7 +72,7 @@ def feature_folder(cfg: Config, data: RunData) -> Path:
     f = cfg.features
     if f.dir:
         return Path(f.dir)
-    name = "default" if f.encoder == "default" else Path(f.encoder_weights).stem
+    name = f.encoder if not f.encoder_weights else f"{f.encoder}-{Path(f.encoder_weights).stem}"
     return data.root / "features" / f"{name}-{f.snippet_frames}x{f.snippet_stride}-{f.height}x{f.width}"
 
 

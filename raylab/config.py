@@ -189,7 +189,8 @@ class LocalizerConfig:
 class FeatureConfig:
     dir: str = ""  # folder of <video_id>.npy [T, D] snippet features; "" = extract into <dataset>/features
     encoder: str = "default"  # default (small frozen 3D-conv net, seeded) | torchscript (encoder_weights)
-    encoder_weights: str = ""  # local TorchScript file: [B, 3, T, H, W] float in [0, 1] -> [B, D]
+    encoder_weights: str = ""  # torchscript: a local TorchScript file, [B, 3, T, H, W] in [0, 1] -> [B, D];
+    #                            default: an optional state_dict of the default net ("" = seeded weights)
     snippet_frames: int = 8  # frames per snippet fed to the encoder
     snippet_stride: int = 4  # frames between the starts of consecutive snippets (i starts at i * stride)
     height: int = 64  # frames are resized to this before encoding

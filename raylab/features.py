@@ -204,9 +204,9 @@ def _video_table(root: Path, index: pd.DataFrame, stride: int) -> pd.DataFrame:
 
 
 def _settings(cfg: FeatureConfig, dim: int) -> dict:
-    if cfg.encoder == "default":
+    if not cfg.encoder_weights:  # the seeded default net
         encoder_id, weights = DEFAULT_ENCODER_ID, ""
-    else:
+    else:  # a TorchScript module, or a state_dict of the default architecture: named by its content
         weights = str(Path(cfg.encoder_weights).resolve())
         encoder_id = "sha256:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     return {"encoder": cfg.encoder, "encoder_id": encoder_id, "encoder_weights": weights, "dim": dim,

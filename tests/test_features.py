@@ -334,3 +334,19 @@ def test_load_features_names_every_bad_file(tmp_path):
         load_features(tmp_path, pd.DataFrame({"video_id": ["ints"], "fps": 30.0}), CFG)
     with pytest.raises(ValueError, match="junk.npy: not a readable .npy"):
         load_features(tmp_path, pd.DataFrame({"video_id": ["junk"], "fps": 30.0}), CFG)
+
+
+def test_default_encoder_takes_a_state_dict_of_its_architecture(tmp_path):
+    import torch
+
+    from raylab.config import FeatureConfig
+    from raylab.models.snippet_encoder import SnippetEncoder, load_encoder
+
+    net = SnippetEncoder()
+    state = {k: v * 2 for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / "mine.pt")
+    loaded = load_encoder(FeatureConfig(encoder_weights=str(tmp_path / "mine.pt")))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a state_dict of the default snippet encoder"):
+        load_encoder(FeatureConfig(encoder_weights=str(tmp_path / "other.pt")))

@@ -129,8 +129,10 @@ class SnippetEncoder(nn.Module):
 def load_encoder(cfg: FeatureConfig) -> nn.Module:
     """The frozen encoder that `cfg.encoder` names, on the CPU, in eval mode.
 
-    "default" is the seeded `SnippetEncoder`; "torchscript" loads `cfg.encoder_weights`, which must
-    map float [B, 3, snippet_frames, height, width] in [0, 1] to [B, D]. Either is run once on a
+    "default" is the seeded `SnippetEncoder`, or, when `cfg.encoder_weights` is set, that architecture
+    with the state_dict in that file (loaded strictly; e.g. an encoder you fine-tuned); "torchscript"
+    loads `cfg.encoder_weights`, which must map float [B, 3, snippet_frames, height, width] in [0, 1]
+    to [B, D]. Either is run once on a
     blank batch of two snippets here, so that a wrong file fails now rather than inside a Ray actor.
 
     Raises:
@@ -139,11 +141,26 @@ def load_encoder(cfg: FeatureConfig) -> nn.Module:
     """
     if cfg.encoder == "default":
         net = SnippetEncoder()
+        if cfg.encoder_weights:
+            _load_state_dict(net, Path(cfg.encoder_weights))
     else:
         net = _load_torchscript(Path(cfg.encoder_weights))
     net.eval()
     encoder_dim(net, cfg)
     return net
+
+
+def _load_state_dict(net: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"features.encoder_weights: {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict of the default snippet encoder, got "
+                         f"{type(state).__name__}")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a state_dict of the default snippet encoder: {e}") from None
 
 
 def _load_torchscript(path: Path) -> nn.Module:
