@@ -29,6 +29,30 @@ def blob_frames(num_frames: int = 16, height: int = 32, width: int = 64, size: i
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One CPU thread for torch: fast on a shared 2-core machine, and bit-for-bit repeatable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def open_tiny_run(tmp_path_factory, pipeline, *overrides: str):
+    """(cfg, run dir, RunData, LabelStore) of a new run of `pipeline` on SynthActions generated in a
+    temporary folder: the initial labels are in, nothing is trained."""
+    from raylab.config import load_config
+    from raylab.loop import open_run
+
+    synth = tmp_path_factory.mktemp("synth")
+    cfg = load_config(pipeline, [f"data.synth_dir={synth}", *overrides])
+    run = tmp_path_factory.mktemp("run")
+    data, store = open_run(cfg, run)
+    return cfg, run, data, store
+
+
+@pytest.fixture
 def blob_video(tmp_path):
     """Path of a 16-frame 64x32 mp4 of a moving white square, and its frames."""
     frames = blob_frames()

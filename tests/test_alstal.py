@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from raylab.alstal import cycle_budget, labelled_fraction, training_segments
-from raylab.config import ConfigError, load_config
+from raylab.config import ConfigError
 from raylab.data.labels import LabelStore
 from raylab.loop import open_run
 from raylab.rundir import read_state, write_parquet_atomic
+from tests.conftest import open_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "alstal_smoke.yaml"
@@ -24,11 +25,7 @@ SMOKE = REPO / "pipelines" / "alstal_smoke.yaml"
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    synth = tmp_path_factory.mktemp("synth")
-    cfg = load_config(SMOKE, [f"data.synth_dir={synth}"])
-    run = tmp_path_factory.mktemp("run")
-    data, store = open_run(cfg, run)
-    return cfg, run, data, store
+    return open_tiny_run(tmp_path_factory, SMOKE)
 
 
 def test_initial_videos_are_whole_videos_with_their_segments(tiny_run):

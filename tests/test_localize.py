@@ -26,13 +26,7 @@ TRAIN = [f"v{v:02d}" for v in range(10)]
 HELD_OUT = [f"v{v:02d}" for v in range(10, 20)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: fast on a shared 2-core machine, and bit-for-bit repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_features(folder: Path, videos: int = 20, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -27,13 +27,7 @@ from raylab.models.mc import enable_mc_dropout
 D, C = 16, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: fast on a shared 2-core machine, and bit-for-bit repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(dropout: float = 0.1, levels: int = 4, seed: int = 0) -> Localizer:

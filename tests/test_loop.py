@@ -25,6 +25,7 @@ from raylab.config import load_config
 from raylab.data.labels import LabelStore
 from raylab.loop import config_differences, open_run, stop_reason
 from raylab.rundir import RunStateError, metric_value, next_step, read_state, write_atomic, write_state
+from tests.conftest import open_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "smoke.yaml"
@@ -56,11 +57,7 @@ def test_metric_value_reads_family_at_threshold():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    synth = tmp_path_factory.mktemp("synth")
-    cfg = load_config(SMOKE, [f"data.synth_dir={synth}"])
-    run = tmp_path_factory.mktemp("run")
-    data, store = open_run(cfg, run)
-    return cfg, run, data, store
+    return open_tiny_run(tmp_path_factory, SMOKE)
 
 
 def test_open_run_labels_the_initial_fraction_once_and_refuses_another_config(tiny_run):

@@ -10,9 +10,7 @@ JSON format read by ``raylab eval stad``.
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +26,7 @@ from raylab.eval.boxes import (
     voc_ap,
     within_group_rank,
 )
+from raylab.eval.io import read_document
 from raylab.eval.masks import mask_iou, masks_to_detections, pixel_iou_accuracy
 from raylab.eval.stad_json import StadFormatError, parse_stad
 
@@ -282,11 +281,5 @@ def evaluate_stad(
 
 def evaluate_stad_file(path, protocol: str = "act", **kwargs) -> dict:
     """evaluate_stad on a JSON file; errors name the file and the offending entry."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise StadFormatError(f"{path}: no such file") from e
-    except json.JSONDecodeError as e:
-        raise StadFormatError(f"{path}: not valid JSON ({e})") from e
+    data = read_document(path, StadFormatError)
     return evaluate_stad(data, protocol=protocol, source=str(path), **kwargs)

@@ -11,7 +11,6 @@ the same metric. docs/evaluation-tal.md has the details, the JSON format and whe
 
 from __future__ import annotations
 
-import json
 import logging
 import numbers
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from raylab.eval.io import read_document
 from raylab.rundir import metric_value, read_metrics
 
 __all__ = [
@@ -335,13 +335,7 @@ def evaluate_tal(doc: dict, thresholds=None, preset: str = "thumos14", source: s
 
 def evaluate_tal_file(path, preset: str = "thumos14", thresholds=None) -> dict:
     """evaluate_tal on a JSON file; errors name the file and the offending entry."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise TalFormatError(f"{path}: no such file") from e
-    except json.JSONDecodeError as e:
-        raise TalFormatError(f"{path}: not valid JSON ({e})") from e
+    doc = read_document(path, TalFormatError)
     return evaluate_tal(doc, thresholds=thresholds, preset=preset, source=str(path))
 
 
