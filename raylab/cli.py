@@ -248,11 +248,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylab.data.annotations import AnnotationError
     from raylab.data.labels import LabelStoreError
     from raylab.data.video import VideoError
-    from raylab.eval.tal import TalFormatError
+    from raylab.eval.tal import RelativeSavingError, TalFormatError
     from raylab.rundir import RunStateError
 
     return (ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError, TalFormatError,
-            FileExistsError, FileNotFoundError)
+            RelativeSavingError, FileExistsError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,10 @@ class TalFormatError(ValueError):
     """An evaluation document that cannot be used: says what is wrong and in which entry."""
 
 
+class RelativeSavingError(ValueError):
+    """Relative Saving cannot be read off the two curves (a curve never reaches the level, no run data)."""
+
+
 def threshold_key(t: float) -> str:
     """The key of a threshold in results: "0.3", "0.55", "0.9" (for 0.8999999999999999)."""
     return f"{round(float(t), 6):g}"
@@ -362,9 +366,10 @@ def _curve(points, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(amounts, metric) of a list of (amount, metric) points, sorted by amount (stable)."""
     arr = np.asarray(points, np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != 2:
-        raise ValueError(f"curve {name}: expected a non-empty list of (labelled amount, metric) points")
+        raise RelativeSavingError(
+            f"curve {name}: expected a non-empty list of (labelled amount, metric) points")
     if not np.isfinite(arr).all():
-        raise ValueError(f"curve {name}: amounts and metrics must be finite numbers")
+        raise RelativeSavingError(f"curve {name}: amounts and metrics must be finite numbers")
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     return arr[:, 0], arr[:, 1]
 
@@ -402,10 +407,11 @@ def relative_saving(curve_a, curve_b, metric_level: float | None = None) -> dict
     for n, name, x, m in ((n_b, "B (baseline)", xb, mb), (n_a, "A (proposed)", xa, ma)):
         if n is None:
             best = int(np.argmax(m))
-            raise ValueError(f"curve {name} never reaches metric {level:g}: its best is {m[best]:g} "
-                             f"at labelled amount {x[best]:g}")
+            raise RelativeSavingError(f"curve {name} never reaches metric {level:g}: its best is "
+                                      f"{m[best]:g} at labelled amount {x[best]:g}")
     if rs is None:
-        raise ValueError(f"curve B reaches metric {level:g} with no labels (N_B = 0): RS is undefined")
+        raise RelativeSavingError(
+            f"curve B reaches metric {level:g} with no labels (N_B = 0): RS is undefined")
     per_point = []
     for x, m in zip(xb, mb):
         pa, pb, prs = _saving(xa, ma, xb, mb, float(m))
@@ -440,14 +446,16 @@ def _run_curve(run: Path, metric: str) -> list[tuple[float, float]]:
     """(labelled_fraction, metric) of each evaluated cycle of a run."""
     lines = read_metrics(run)
     if not lines:
-        raise ValueError(f"{run}: no metrics.jsonl lines (not a run directory, or no cycle evaluated yet)")
+        raise RelativeSavingError(
+            f"{run}: no metrics.jsonl lines (not a run directory, or no cycle evaluated yet)")
     points = []
     for line in lines:
         value = _line_metric(line, metric)
         if value is not None and line.get("labelled_fraction") is not None:
             points.append((float(line["labelled_fraction"]), value))
     if not points:
-        raise ValueError(f"{run}: no cycle has metric {metric!r}; metrics there: {_metric_names(lines)}")
+        raise RelativeSavingError(
+            f"{run}: no cycle has metric {metric!r}; metrics there: {_metric_names(lines)}")
     return points
 
 
