@@ -101,7 +101,7 @@ def write_report(runs: list[Path], out: Path, videos_shown: int = 4, thumbnails:
     methods = {r.data.cfg.method for r in loaded}
     if len(methods) > 1:
         raise RunStateError(f"one report compares runs of one method; these mix {', '.join(sorted(methods))}")
-    unit = "videos" if methods == {"alstal"} else "frames"
+    unit = labelled_unit(loaded)
     curves = [_img(p, f"learning curve {p.stem}") for p in plot_learning_curves(loaded, out)]
     sections = [
         ("Learning curves", _paragraph(
@@ -220,6 +220,11 @@ def present_metrics(runs: list[ReportRun]) -> list[tuple[str, str]]:
             if any(metric_value(line, f"{f}@{t}") is not None for run in runs for line in run.metrics)]
 
 
+def labelled_unit(runs: list[ReportRun]) -> str:
+    """What the runs label: "videos" (AL-STAL) or "frames" (ASL)."""
+    return "videos" if runs[0].data.cfg.method == "alstal" else "frames"
+
+
 def plot_learning_curves(runs: list[ReportRun], out: Path) -> list[Path]:
     """One PNG per metric: metric (%) against labelled fraction (%), one line per run."""
     written = []
@@ -233,7 +238,8 @@ def plot_learning_curves(runs: list[ReportRun], out: Path) -> list[Path]:
                             if (value := metric_value(line, f"{family}@{threshold}")) is not None)
             if points:
                 ax.plot(*zip(*points), "o-", label=run.label)
-        ax.set(xlabel="labelled frames (%)", ylabel=f"{name} (%)", title=f"{name} vs labelled frames")
+        unit = labelled_unit(runs)
+        ax.set(xlabel=f"labelled {unit} (%)", ylabel=f"{name} (%)", title=f"{name} vs labelled {unit}")
         ax.grid(alpha=0.3)
         ax.legend()
         written.append(_save(fig, out / f"curve_{family}_{threshold}.png"))
@@ -243,7 +249,8 @@ def plot_learning_curves(runs: list[ReportRun], out: Path) -> list[Path]:
 def metrics_table(runs: list[ReportRun]) -> str:
     """HTML table: one row per cycle; per run the labelled %, cost (clicks) and each present metric."""
     metrics = present_metrics(runs)
-    columns = ["labelled %", "cost (clicks)"] + [f"{SHORT_NAMES[f]}@{t}" for f, t in metrics]
+    cost = "cost (videos)" if labelled_unit(runs) == "videos" else "cost (clicks)"
+    columns = ["labelled %", cost] + [f"{SHORT_NAMES[f]}@{t}" for f, t in metrics]
     by_cycle = [{int(line["cycle"]): line for line in run.metrics} for run in runs]
     head = "<tr><th rowspan=2>cycle</th>" + "".join(
         f"<th colspan={len(columns)}>{html.escape(run.label)}</th>" for run in runs) + "</tr>"
