@@ -107,13 +107,9 @@ def model_config(cfg: Config, feats: pd.DataFrame) -> Config:
     return replace(cfg, localizer=replace(cfg.localizer, feature_dim=dim))
 
 
-def labelled_videos(store: LabelStore) -> list[str]:
-    return store.labelled_videos()
-
-
 def labelled_fraction(data: RunData, store: LabelStore) -> float:
     """Labelled training videos / all training videos."""
-    return len(labelled_videos(store)) / max(len(data.train), 1)
+    return len(store.labelled_videos()) / max(len(data.train), 1)
 
 
 def training_segments(data: RunData, store: LabelStore, cycle: int) -> tuple[pd.DataFrame, list[str]]:
@@ -121,7 +117,7 @@ def training_segments(data: RunData, store: LabelStore, cycle: int) -> tuple[pd.
     unlabelled training videos with the pseudo-labels of cycle K-1's model (videos with none are left out)."""
     rows = [(r["video_id"], s["t_start"], s["t_end"], s["label"], "gt")
             for r in store.table().to_pylist() for s in r["segments"]]
-    labelled = set(labelled_videos(store))
+    labelled = set(store.labelled_videos())
     videos = set(labelled)
     pseudo_path = data.paths.pseudo(cycle - 1)
     if cycle > 0 and pseudo_path.is_file():
@@ -145,7 +141,7 @@ def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
     mcfg = model_config(cfg, feats)
     segments, videos = training_segments(data, store, cycle)
     log.info("cycle %d: training on %d videos (%d labelled), %d segments (%d pseudo)", cycle, len(videos),
-             len(labelled_videos(store)), len(segments), int((segments["source"] == "pseudo").sum()))
+             len(store.labelled_videos()), len(segments), int((segments["source"] == "pseudo").sum()))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     dataset = training_windows(mcfg, feats, segments, videos, seed=cfg.seed + cycle)
     train_localizer_cycle(mcfg, data.paths.path, cycle, dataset, len(data.classes))
@@ -161,7 +157,7 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     checkpoint = data.paths.checkpoint_dir(cycle)
     result = evaluate_videos(model_config(cfg, feats), feats, checkpoint / MODEL_FILE, data.gt, test,
                              data.classes)
-    labelled = labelled_videos(store)
+    labelled = store.labelled_videos()
     frames = dict(zip(data.index["video_id"], data.index["num_frames"]))
     history = checkpoint / "history.jsonl"
     record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
@@ -174,7 +170,7 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
 
 
 def unlabelled_videos(data: RunData, store: LabelStore) -> list[str]:
-    labelled = set(labelled_videos(store))
+    labelled = set(store.labelled_videos())
     return [v for v in data.train["video_id"] if v not in labelled]
 
 
@@ -193,7 +189,7 @@ def score_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
 
 def cycle_budget(cfg: Config, data: RunData, store: LabelStore) -> int:
     """Videos to select this cycle: alstal.step_fraction of the training videos, never past loop.budget."""
-    total, done = len(data.train), len(labelled_videos(store))
+    total, done = len(data.train), len(store.labelled_videos())
     step = video_budget(total, cfg.alstal.step_fraction)
     return max(0, min(step, int(np.floor(cfg.loop.budget * total + 1e-9)) - done, total - done))
 
@@ -201,7 +197,7 @@ def cycle_budget(cfg: Config, data: RunData, store: LabelStore) -> int:
 def select_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
     scores = pd.read_parquet(data.paths.scores(cycle) / SCORE_FILE)
     strategy = "random" if cfg.alstal.score == "random" else "top-k"
-    picked = select_videos(scores, labelled_videos(store), cycle_budget(cfg, data, store), strategy,
+    picked = select_videos(scores, store.labelled_videos(), cycle_budget(cfg, data, store), strategy,
                            seed=cfg.seed + cycle)
     picked = picked.assign(frame=-1, strategy=cfg.alstal.score)
     columns = ["video_id", "frame", "score", "rank", "strategy"]
