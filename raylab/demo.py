@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from raylab.config import Config
+from raylab.config import Config, ConfigError
 from raylab.data.stream import cluster_gpus, init_ray
 from raylab.loop import method_of, metrics_table, run_loop, with_strategy
 from raylab.rundir import read_metrics
@@ -37,6 +37,9 @@ def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGI
     """Run the loop per strategy in out/<strategy>, print the table, write out/report; returns index.html."""
     from raylab.report import write_report
 
+    if cfg.method != "asl":
+        raise ConfigError(f"the demo compares ASL frame strategies; {cfg.name} is method {cfg.method!r}: "
+                          "run it with `raylab run` (one run per alstal.score)")
     start = time.perf_counter()
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cfg = use_gpus_if_any(cfg, cluster_gpus())
