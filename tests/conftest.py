@@ -39,6 +39,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def tiny_synth_set(tmp_path_factory, kind: str):
+    """The tiny SynthActions set of one kind ("spatiotemporal" or "temporal"), generated in a temporary
+    folder: (root, meta, index with absolute paths, ground truth)."""
+    from raylab.data.annotations import load_dataset
+    from raylab.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, "tiny", seed=0, kinds=(kind,))
+    return (out / kind, *load_dataset(out / kind))
+
+
 def open_tiny_run(tmp_path_factory, pipeline, *overrides: str):
     """(cfg, run dir, RunData, LabelStore) of a new run of `pipeline` on SynthActions generated in a
     temporary folder: the initial labels are in, nothing is trained."""

@@ -12,8 +12,6 @@ import pytest
 import torch
 
 from raylab.config import FeatureConfig
-from raylab.data.annotations import load_dataset
-from raylab.data.synthetic import generate
 from raylab.data.video import VideoError
 from raylab.features import (
     FEATURES_FILE,
@@ -27,6 +25,7 @@ from raylab.features import (
     snippets_to_seconds,
 )
 from raylab.models.snippet_encoder import SnippetEncoder, encoder_dim, load_encoder
+from tests.conftest import tiny_synth_set
 
 CFG = FeatureConfig()
 
@@ -34,10 +33,7 @@ CFG = FeatureConfig()
 @pytest.fixture(scope="module")
 def temporal_set(tmp_path_factory):
     """The tiny temporal SynthActions set: (root, meta, index with absolute paths, segments)."""
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, "tiny", seed=0, kinds=("temporal",))
-    root = out / "temporal"
-    return (root, *load_dataset(root))
+    return tiny_synth_set(tmp_path_factory, "temporal")
 
 
 @pytest.fixture(scope="module")

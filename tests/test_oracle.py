@@ -19,12 +19,12 @@ import pytest
 
 from raylab import rundir
 from raylab.config import load_config, to_yaml
-from raylab.data.annotations import AnnotationError, load_dataset
+from raylab.data.annotations import AnnotationError
 from raylab.data.labels import LabelStore
-from raylab.data.synthetic import generate
 from raylab.oracle import export_selection, import_annotations, reveal_frames
 from raylab.oracle_formats import Key, Track, box_at
 from tests.annotators import annotated
+from tests.conftest import tiny_synth_set
 
 FORMATS = ("cvat", "labelstudio")
 
@@ -32,10 +32,7 @@ FORMATS = ("cvat", "labelstudio")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """The tiny SynthActions set (spatio-temporal): root, meta, index, gt."""
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, "tiny", seed=0, kinds=("spatiotemporal",))
-    root = out / "spatiotemporal"
-    return (root, *load_dataset(root))
+    return tiny_synth_set(tmp_path_factory, "spatiotemporal")
 
 
 def selection_of(index: pd.DataFrame, gt: pd.DataFrame) -> pd.DataFrame:

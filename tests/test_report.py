@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 
 from raylab.config import load_config, to_yaml
-from raylab.data.annotations import load_dataset
 from raylab.data.labels import LabelStore
-from raylab.data.synthetic import generate
 from raylab.oracle import reveal_frames
 from raylab.report import load_report_run, run_labels, thumbnail_frames, write_report
 from raylab.rundir import RunPaths, RunStateError, new_state, write_atomic, write_parquet_atomic
+from tests.conftest import tiny_synth_set
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 NO_CHROMIUM = "headless Chromium test needs Debian's chromium and chromium-driver (.ci/run installs them)"
@@ -30,10 +29,7 @@ PNGS = {"curve_frame_map_0.5.png", "curve_video_map_0.2.png", "curve_video_map_0
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """The tiny spatio-temporal SynthActions set: (root, index, gt)."""
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, "tiny", seed=0, kinds=("spatiotemporal",))
-    root = out / "spatiotemporal"
-    _, index, gt = load_dataset(root)
+    root, _, index, gt = tiny_synth_set(tmp_path_factory, "spatiotemporal")
     return root, index, gt
 
 
