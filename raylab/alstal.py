@@ -83,10 +83,11 @@ def features(cfg: Config, data: RunData) -> pd.DataFrame:
     if data.features is None:
         folder = feature_folder(cfg, data)
         if not cfg.features.dir:  # ours to extract: videos already done are skipped
-            init_ray(cfg.ray.address, cfg.ray.num_cpus)
+            init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
             s = cfg.score
             extract_features(data.root, data.index, folder, cfg.features, actors=s.actors,
-                             cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor)
+                             cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor,
+                             in_process=cfg.ray.in_process)
         feats = load_features(folder, data.index, cfg.features, allow_missing=True)
         missing = ~data.index["video_id"].isin(feats["video_id"])
         if missing.any():  # broken videos: the run goes on with the rest (load_features logged why)
@@ -142,7 +143,7 @@ def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
     segments, videos = training_segments(data, store, cycle)
     log.info("cycle %d: training on %d videos (%d labelled), %d segments (%d pseudo)", cycle, len(videos),
              len(store.labelled_videos()), len(segments), int((segments["source"] == "pseudo").sum()))
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
     dataset = training_windows(mcfg, feats, segments, videos, seed=cfg.seed + cycle)
     train_localizer_cycle(mcfg, data.paths.path, cycle, dataset, len(data.classes))
 
@@ -180,7 +181,7 @@ def score_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
     from raylab.train import MODEL_FILE
 
     feats = features(cfg, data)
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
     checkpoint = data.paths.checkpoint_dir(cycle) / MODEL_FILE
     scores, pseudo = score_videos(model_config(cfg, feats), feats, checkpoint, unlabelled_videos(data, store))
     write_parquet_atomic(data.paths.pseudo(cycle), pseudo)

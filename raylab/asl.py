@@ -77,7 +77,7 @@ def clip_stream(cfg: Config, clips: pd.DataFrame, root: Path, index: pd.DataFram
     c = cfg.clips
     table = clip_table(clips, index, root, group_labels(store.table()))
     return clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
-                        c.clips_per_task, cfg.ray.decode_num_cpus)
+                        c.clips_per_task, cfg.ray.decode_num_cpus, cfg.ray.in_process)
 
 
 def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
@@ -95,7 +95,7 @@ def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
 def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
     from raylab.train import train_cycle
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
     train_cycle(cfg, data.paths.path, cycle, training_dataset(cfg, data, store, cycle), len(data.classes))
 
 

@@ -280,6 +280,8 @@ class RayConfig:
     address: str = ""  # "" starts a local Ray; "auto" joins the cluster this machine belongs to
     num_cpus: int = 0  # CPUs of a local Ray (0 = all of this machine's)
     decode_num_cpus: float = 1.0  # CPUs reserved per Ray Data decode task
+    in_process: bool = False  # decode, train and score in this process, without Ray Data tasks, actors or
+    #                           a Ray Train run (what a sweep trial does, sized to the trial's resources)
 
 
 METHODS = ("asl", "alstal")

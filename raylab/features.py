@@ -161,7 +161,8 @@ class SnippetExtractor:
     """
 
     def __init__(self, cfg: FeatureConfig, out: str, threads: int = 1, use_gpu: bool = False):
-        torch.set_num_threads(max(1, threads))
+        if threads:  # 0: leave torch's threads as they are (in process: they are the caller's)
+            torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.encoder = load_encoder(cfg).to(self.device)
         self.cfg, self.out = cfg, Path(out)
@@ -255,13 +256,15 @@ def _is_done(out: Path, video_id: str, snippets: int, dim: int) -> bool:
 
 
 def extract_features(root: Path, index: pd.DataFrame, out: Path, cfg: FeatureConfig, actors: int = 1,
-                     cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0) -> Path:
+                     cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                     in_process: bool = False) -> Path:
     """Encode every video of `index` into `<out>/<video_id>.npy` float32 [T, D]; write features.json.
 
     Runs a Ray Data actor pool (`actors` actors, one encoder each) over the videos that have no
     features yet: a rerun after an interruption encodes only what is missing. A video that cannot be
     decoded is logged with its reason and listed under "failed" in features.json; the rest go on.
-    The caller starts Ray (`raylab.data.stream.init_ray`); nothing needs Ray when all are done.
+    The caller starts Ray (`raylab.data.stream.init_ray`); nothing needs Ray when all are done, or
+    with `in_process` (one encoder in this process, `ray.in_process`).
 
     Args:
         root: dataset root; relative index paths are taken relative to it.
@@ -293,7 +296,8 @@ def extract_features(root: Path, index: pd.DataFrame, out: Path, cfg: FeatureCon
     todo = videos[~done]
     log.info("features: %d of %d videos to extract into %s (%d already there)", len(todo), len(videos), out,
              int(done.sum()))
-    results = _run_pool(todo, out, cfg, actors, cpus_per_actor, gpus_per_actor) if len(todo) else []
+    results = (_run_pool(todo, out, cfg, actors, cpus_per_actor, gpus_per_actor, in_process)
+               if len(todo) else [])
     failed = {r["video_id"]: r["reason"] for r in results if r["reason"]}
     _write_manifest(out, _record(manifest, videos, failed))
     if failed:
@@ -316,15 +320,18 @@ def _record(manifest: dict, videos: pd.DataFrame, failed: dict[str, str]) -> dic
 
 
 def _run_pool(todo: pd.DataFrame, out: Path, cfg: FeatureConfig, actors: int, cpus_per_actor: float,
-              gpus_per_actor: float) -> list[dict]:
+              gpus_per_actor: float, in_process: bool = False) -> list[dict]:
     import ray.data
 
-    items = todo[["video_id", "path", "num_frames"]].to_dict("records")
-    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one video per block: spread over actors
+    from raylab.data.stream import dataset_from_blocks
+
+    videos = todo[["video_id", "path", "num_frames"]].reset_index(drop=True)
+    # one video per block: spread over the actors
+    ds = dataset_from_blocks([videos.iloc[i : i + 1] for i in range(len(videos))], in_process)
     ds = ds.map_batches(
         SnippetExtractor,
-        fn_constructor_kwargs={"cfg": cfg, "out": str(out.resolve()), "threads": int(cpus_per_actor),
-                               "use_gpu": gpus_per_actor > 0},
+        fn_constructor_kwargs={"cfg": cfg, "out": str(out.resolve()), "use_gpu": gpus_per_actor > 0,
+                               "threads": 0 if in_process else max(1, int(cpus_per_actor))},
         batch_size=1,  # one video per call: its snippets are batched inside
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -38,7 +38,7 @@ import torch
 
 from raylab.acquisition.temporal import video_scores
 from raylab.config import ALSTALConfig, Config, LocalizerConfig
-from raylab.data.stream import decode_features, quiet_per_epoch
+from raylab.data.stream import dataset_from_blocks, decode_features, quiet_per_epoch
 from raylab.eval.tal import evaluate_tal
 from raylab.features import seconds_to_snippets, snippets_to_seconds
 from raylab.losses import localizer_loss
@@ -170,16 +170,12 @@ def training_windows(cfg: Config, feats: pd.DataFrame, segments: pd.DataFrame, v
 
     Decode tasks take `clips.clips_per_task` windows each and `ray.decode_num_cpus` CPUs.
     """
-    import ray.data
-
     table = window_table(cfg, feats, segments, videos, seed)
     max_segments = max([len(lab) for lab in table["labels"]] + [1])
     arrow = _arrow_windows(table)
-    # one operator: Ray Data's per-operator reservation only holds CPUs back from it (stream.clip_dataset)
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     per_task = cfg.clips.clips_per_task
     blocks = [arrow.slice(i, per_task) for i in range(0, arrow.num_rows, per_task)] or [arrow]
-    return quiet_per_epoch(ray.data.from_arrow(blocks).map_batches(
+    return quiet_per_epoch(dataset_from_blocks(blocks, cfg.ray.in_process).map_batches(
         decode_windows, batch_size=None, batch_format="pyarrow", fn_kwargs={"max_segments": max_segments},
         num_cpus=cfg.ray.decode_num_cpus))
 
@@ -388,11 +384,11 @@ def score_videos(cfg: Config, feats: pd.DataFrame, checkpoint: Path, video_ids: 
         return (pd.DataFrame({"video_id": pd.Series(dtype=object), "score": pd.Series(dtype=np.float64)}),
                 _pseudo_frame([], [], [], [], []))
     s = cfg.score
-    if s.retry_on_errors:
+    if s.retry_on_errors and not cfg.ray.in_process:
         ray.data.DataContext.get_current().actor_task_retry_on_errors = True
     per_task = max(1, min(cfg.clips.batch_size, math.ceil(len(rows) / s.actors)))  # every actor gets work
     blocks = [rows.iloc[i : i + per_task] for i in range(0, len(rows), per_task)]
-    out = ray.data.from_pandas(blocks).map_batches(
+    out = dataset_from_blocks(blocks, cfg.ray.in_process).map_batches(
         LocalizerScorer,
         fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).resolve()), "trials": s.trials,
                                "alstal": cfg.alstal, "use_gpu": s.gpus_per_actor > 0},

@@ -80,7 +80,7 @@ def score_dataset(clips, checkpoint: Path, cfg: Config):
     import ray.data
 
     s = cfg.score
-    if s.retry_on_errors:
+    if s.retry_on_errors and not cfg.ray.in_process:
         ray.data.DataContext.get_current().actor_task_retry_on_errors = True
     return clips.map_batches(
         MCScorer,
@@ -111,7 +111,7 @@ def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
     checkpoint = data.paths.checkpoint_dir(cycle) / MODEL_FILE
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint} not found: cycle {cycle} of {data.paths.path} is not trained")
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
     tiles = tile_clips(data.train, cfg.clips.length, cfg.clips.stride)
     clips = clip_stream(cfg, tiles, data.root, data.index, store)
     out = data.paths.scores(cycle)

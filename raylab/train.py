@@ -7,7 +7,9 @@ Shared by both models of raylab (the ASL detector here, the AL-STAL localizer in
   function over its shard of the Ray Data stream, reports metrics and has rank 0 save checkpoints.
 - `fit_cycle` sets up the TorchTrainer from the config (a unique run name, storage, failure and
   checkpoint policies, the per-epoch history log, the CPU check) and leaves the cycle's weights in
-  `checkpoints/cycle=K/model.pt`.
+  `checkpoints/cycle=K/model.pt`. With `ray.in_process` it runs the same worker function in this
+  process instead (`InProcessSession`: a sweep trial trains inside its own resources, no nested Ray
+  Train run), writing the same files.
 
 The detector's own pieces: `train_epoch` (plain torch), `train_func` (builds the model, calls
 `worker_loop`) and `train_cycle`.
@@ -48,38 +50,107 @@ class CycleResult:
 # ---------------------------------------------------------------- shared by every model
 
 
+class RayTrainSession:
+    """What `worker_loop` asks of its surroundings, on a Ray Train worker."""
+
+    def restart_state(self) -> dict | None:
+        """The checkpoint Ray Train restarts the workers from after a failure (MODEL_FILE's dict)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=False)
+
+    def prepare(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.device]:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model), ray.train.torch.get_device()
+
+    def shard(self):
+        import ray.train
+
+        return ray.train.get_dataset_shard("train")
+
+    def rank(self) -> int:
+        import ray.train
+
+        return ray.train.get_context().get_world_rank()
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class InProcessSession:
+    """`worker_loop`'s surroundings in this process (`ray.in_process`): one rank, the cycle's dataset
+    (a `LocalDataset`), rank 0's history appended to `history` and each checkpoint copied to `out`."""
+
+    def __init__(self, dataset, out: Path, history: Path, device: torch.device):
+        self.dataset, self.out, self.history, self.device = dataset, out, history, device
+
+    def restart_state(self) -> None:
+        return None  # nothing restarts in process: an interrupted cycle is trained again from its start
+
+    def prepare(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.device]:
+        return model.to(self.device), self.device
+
+    def shard(self):
+        return self.dataset
+
+    def rank(self) -> int:
+        return 0
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        _append_history(self.history, metrics)
+        if checkpoint_dir:
+            _copy_atomic(Path(checkpoint_dir) / MODEL_FILE, self.out / MODEL_FILE)
+
+
+def _append_history(path: Path, metrics: dict) -> None:
+    line = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    log.info("train epoch %d: %s", line.get("epoch", -1),
+             " ".join(f"{k}={v:.4g}" for k, v in line.items() if isinstance(v, float)))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
 def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save: Callable,
                 warm_start: Callable) -> None:
     """The Ray-aware part of a training worker, for any model (runs on every worker).
 
     Args:
-        config: the loop config of `base_loop_config` (plus the model's own keys).
+        config: the loop config of `base_loop_config` (plus the model's own keys); its "session" entry,
+            when present, replaces Ray Train (`InProcessSession`).
         model: freshly built on every rank from the same seed (DDP also broadcasts rank 0's weights).
         run_epoch: plain torch, `run_epoch(model, batches, optimizer, device, amp) -> metrics dict`.
         save: `save(path, model, optimizer=state_dict, epoch=int)` writes MODEL_FILE; its "model" entry
             is the state_dict a restarted worker resumes from.
         warm_start: `warm_start(model, path)` loads the weights of config["warm_start"] when set.
     """
-    import ray.train
-    import ray.train.torch
-
+    session = config.get("session") or RayTrainSession()
     optimizer_state, first_epoch = None, 0
-    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts the workers after a failure
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=False)
+    state = session.restart_state()  # set when Ray Train restarts the workers after a failure
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer_state, first_epoch = state["optimizer"], state["epoch"] + 1
     elif config.get("warm_start"):
         warm_start(model, config["warm_start"])
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
+    model, device = session.prepare(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     amp = config["mixed_precision"] and device.type == "cuda"
-    shard = ray.train.get_dataset_shard("train")
-    rank = ray.train.get_context().get_world_rank()
+    shard, rank = session.shard(), session.rank()
     for epoch in range(first_epoch, config["epochs"]):
         start = time.perf_counter()
         # a different order every epoch, the same on every run
@@ -93,9 +164,9 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
         if (last or periodic) and rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 save(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                session.report(metrics, checkpoint_dir=Path(d))
         else:
-            ray.train.report(metrics)
+            session.report(metrics)
 
 
 def base_loop_config(cfg: Config, run_dir: Path, cycle: int, fallback_weights: str = "") -> dict:
@@ -120,11 +191,7 @@ def _epoch_log(path: Path):
 
     class EpochLog(ray.train.UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            line = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics[0].items()}
-            with open(path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            log.info("train epoch %d: %s", line.get("epoch", -1),
-                     " ".join(f"{k}={v:.4g}" for k, v in line.items() if isinstance(v, float)))
+            _append_history(path, metrics[0])
 
     return EpochLog()
 
@@ -159,14 +226,27 @@ def fit_cycle(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop
     Returns:
         CycleResult: checkpoints/cycle=K/model.pt, the epoch history, the wall time.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     t = cfg.train
     out = run_dir / "checkpoints" / f"cycle={cycle}"
     out.mkdir(parents=True, exist_ok=True)
     history_path = out / "history.jsonl"
     history_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    if cfg.ray.in_process:
+        device = torch.device("cuda" if t.use_gpu and torch.cuda.is_available() else "cpu")
+        train_func({**loop_config, "session": InProcessSession(datasets["train"], out, history_path, device)})
+    else:
+        _fit_on_ray_train(cfg, run_dir, cycle, train_func, loop_config, datasets, history_path)
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
+
+
+def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop_config: dict,
+                      datasets: dict, history_path: Path) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus)
     trainer = TorchTrainer(
@@ -185,14 +265,9 @@ def fit_cycle(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop
         ),
         datasets=datasets,
     )
-    start = time.perf_counter()
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        tmp = out / f".{MODEL_FILE}.part"
-        shutil.copyfile(Path(d) / MODEL_FILE, tmp)
-        tmp.replace(out / MODEL_FILE)
-    history = [json.loads(line) for line in history_path.read_text().splitlines()]
-    return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
+        _copy_atomic(Path(d) / MODEL_FILE, history_path.parent / MODEL_FILE)
 
 
 # ---------------------------------------------------------------- the ASL detector

@@ -41,7 +41,7 @@ def read_scores(path) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-def test_every_unlabelled_frame_is_scored_once_and_pool_size_does_not_change_scores(ray_local, scored_run):
+def test_every_frame_is_scored_once_and_neither_pool_size_nor_process_changes_scores(ray_local, scored_run):
     from raylab.score import score_cycle
 
     cfg, data, store = scored_run
@@ -56,3 +56,7 @@ def test_every_unlabelled_frame_is_scored_once_and_pool_size_does_not_change_sco
     pool_of_two = replace(cfg, score=replace(cfg.score, actors=2, cpus_per_actor=0.5))
     two = read_scores(score_cycle(pool_of_two, data, store, 0))
     pd.testing.assert_frame_equal(one, two)
+
+    # a sweep trial scores in its own process (ray.in_process): the same batches, so the same scores
+    in_process = replace(cfg, ray=replace(cfg.ray, in_process=True))
+    pd.testing.assert_frame_equal(one, read_scores(score_cycle(in_process, data, store, 0)))

@@ -112,21 +112,17 @@ def clip_dataset(
     weighting: str = "mgw",
     clips_per_task: int = 64,
     num_cpus: float = 1.0,
+    in_process: bool = False,
 ):
     """A Ray Data dataset of decoded clips; consume it with `iter_batches(batch_size=...)`.
 
     The clip table is cut into blocks of `clips_per_task` rows; each decode task decodes one block.
     Larger blocks amortise the per-task cost (on 2 CPUs, 64 clips per task reach 1.6x the clips/s of
     16; docs/BENCHMARKS.md), smaller ones start streaming sooner and hold less memory per task.
+    With `in_process` the same stream is decoded in this process (`raylab.data.local.LocalDataset`).
     """
-    import ray.data
-
-    # A one-operator pipeline gains nothing from Ray Data's per-operator reservation, which on a small
-    # node keeps half of the CPUs out of the decode operator's budget (measured on 2 CPUs: 139 clips/s
-    # with it, 245 without).
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     blocks = [table.slice(i, clips_per_task) for i in range(0, table.num_rows, clips_per_task)] or [table]
-    return ray.data.from_arrow(blocks).map_batches(
+    return dataset_from_blocks(blocks, in_process).map_batches(
         decode_clips,
         batch_size=None,  # one block per call
         batch_format="pyarrow",
@@ -135,14 +131,33 @@ def clip_dataset(
     )
 
 
-def init_ray(address: str = "", num_cpus: int = 0) -> None:
+def dataset_from_blocks(blocks: list, in_process: bool = False):
+    """A dataset of `blocks` (pyarrow Tables or pandas DataFrames, one per task): a Ray Dataset, or a
+    `LocalDataset` run in this process when `in_process` (`ray.in_process`: sweep trials)."""
+    if in_process:
+        from raylab.data.local import LocalDataset
+
+        return LocalDataset(blocks)
+    import ray.data
+
+    # A one-operator pipeline gains nothing from Ray Data's per-operator reservation, which on a small
+    # node keeps half of the CPUs out of the decode operator's budget (measured on 2 CPUs: 139 clips/s
+    # with it, 245 without).
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    if blocks and isinstance(blocks[0], pd.DataFrame):
+        return ray.data.from_pandas(blocks)
+    return ray.data.from_arrow(blocks)
+
+
+def init_ray(address: str = "", num_cpus: int = 0, in_process: bool = False) -> None:
     """Start a local Ray (`address` "") with `num_cpus` CPUs (0 = all), or join a cluster ("auto", URI).
 
-    Does nothing when Ray is already initialised (tests, Ray jobs).
+    Does nothing when Ray is already initialised (tests, Ray jobs), or with `in_process` (the run's
+    steps then need no Ray: `ray.in_process`).
     """
     import ray
 
-    if ray.is_initialized():
+    if in_process or ray.is_initialized():
         return
     if address:
         ray.init(address=address)
@@ -205,15 +220,13 @@ def decode_features(batch: pa.Table) -> dict[str, np.ndarray]:
 
 
 def feature_dataset(windows: pd.DataFrame, index: pd.DataFrame, windows_per_task: int = 64,
-                    num_cpus: float = 1.0):
+                    num_cpus: float = 1.0, in_process: bool = False):
     """A Ray Data dataset of feature windows (`clips.tile_clips(index, window, stride)`), streamed."""
-    import ray.data
-
     paths = index.set_index("video_id")["path"]
     table = pa.table({"video_id": windows["video_id"].tolist(),
                       "path": paths.loc[windows["video_id"]].tolist(),
                       "frames": [np.asarray(f, np.int32) for f in windows["frames"]],
                       "owned": [np.asarray(o, bool) for o in windows["owned"]]})
     blocks = [table.slice(i, windows_per_task) for i in range(0, table.num_rows, windows_per_task)] or [table]
-    return ray.data.from_arrow(blocks).map_batches(decode_features, batch_size=None, batch_format="pyarrow",
-                                                   num_cpus=num_cpus)
+    return dataset_from_blocks(blocks, in_process).map_batches(decode_features, batch_size=None,
+                                                               batch_format="pyarrow", num_cpus=num_cpus)
