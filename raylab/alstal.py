@@ -67,27 +67,37 @@ def open_data(cfg: Config, paths: RunPaths) -> tuple[RunData, LabelStore]:
 # ---- features and the model config they fix -------------------------------------------------------------
 
 
-def feature_folder(cfg: Config, data: RunData) -> Path:
-    """features.dir, or the folder inside the dataset where features of this encoder setting live."""
+def feature_folder(cfg: Config, root: Path) -> Path:
+    """features.dir, or the folder inside dataset `root` where features of this encoder setting live."""
     f = cfg.features
     if f.dir:
         return Path(f.dir)
     name = f.encoder if not f.encoder_weights else f"{f.encoder}-{Path(f.encoder_weights).stem}"
-    return data.root / "features" / f"{name}-{f.snippet_frames}x{f.snippet_stride}-{f.height}x{f.width}"
+    return root / "features" / f"{name}-{f.snippet_frames}x{f.snippet_stride}-{f.height}x{f.width}"
+
+
+def prepare(cfg: Config) -> Path:
+    """What every run of `cfg` shares, made once before a sweep's trials start: the dataset, and its
+    snippet features unless `features.dir` holds them (videos already done are skipped)."""
+    from raylab.features import extract_features
+
+    root = ensure_dataset(cfg)
+    if not cfg.features.dir:
+        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
+        s = cfg.score
+        extract_features(root, load_dataset(root)[1], feature_folder(cfg, root), cfg.features,
+                         actors=s.actors, cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor,
+                         in_process=cfg.ray.in_process)
+    return root
 
 
 def features(cfg: Config, data: RunData) -> pd.DataFrame:
     """The snippet features of every video (extracted on first use, then read back); kept on `data`."""
-    from raylab.features import extract_features, load_features
+    from raylab.features import load_features
 
     if data.features is None:
-        folder = feature_folder(cfg, data)
-        if not cfg.features.dir:  # ours to extract: videos already done are skipped
-            init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
-            s = cfg.score
-            extract_features(data.root, data.index, folder, cfg.features, actors=s.actors,
-                             cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor,
-                             in_process=cfg.ray.in_process)
+        folder = feature_folder(cfg, data.root)
+        prepare(cfg)
         feats = load_features(folder, data.index, cfg.features, allow_missing=True)
         missing = ~data.index["video_id"].isin(feats["video_id"])
         if missing.any():  # broken videos: the run goes on with the rest (load_features logged why)

@@ -52,6 +52,11 @@ def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.Data
     return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
 
 
+def prepare(cfg: Config) -> Path:
+    """What every run of `cfg` shares, made once before a sweep's trials start: the dataset."""
+    return ensure_dataset(cfg)
+
+
 def open_data(cfg: Config, paths: RunPaths) -> tuple[RunData, LabelStore]:
     """The spatio-temporal dataset and the label store; labels the initial random frames on first use."""
     root = ensure_dataset(cfg)

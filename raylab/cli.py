@@ -57,6 +57,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from raylab.sweep import load_sweep
+    from raylab.tune import run_sweep, summary
+
+    sweep = load_sweep(args.sweep, args.set)
+    out = Path(args.dir or f"runs/{sweep.name}")
+    table = run_sweep(sweep, out, verbose=0 if args.quiet else 1)
+    print(summary(sweep, table, out))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from raylab.loop import describe_run
 
@@ -164,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run or resume the active-learning loop of a pipeline")
     _pipeline_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep of a pipeline's knobs; rerun to resume (docs/sweeps.md)")
+    p.add_argument("sweep", help="sweep YAML (pipeline, space, objective, search, scheduler, resources)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the sweep file, e.g. search.num_samples=4 or set.loop.cycles=2")
+    p.add_argument("--dir", default=None, help="sweep directory (default runs/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no Tune status tables while it runs")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("status", help="where a run stands: cycle, step, metrics, pending selection")
     p.add_argument("run", help="run directory")

@@ -345,21 +345,38 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _apply_override(tree: dict, dotted: str, where: str) -> None:
-    if "=" not in dotted:
-        raise ConfigError(f"{where}: override {dotted!r} must look like key.sub=value")
-    key, raw = dotted.split("=", 1)
+def set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
+    """tree["a"]["b"] = value for key "a.b" (sections created as needed)."""
     parts = key.strip().split(".")
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: {key} does not name a config section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load the defaults, apply a pipeline YAML (overrides only) and `key=value` overrides, validate.
+def _apply_override(tree: dict, dotted: str, where: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"{where}: override {dotted!r} must look like key.sub=value")
+    key, raw = dotted.split("=", 1)
+    set_dotted(tree, key, yaml.safe_load(raw), where)
+
+
+def read_yaml(path: str | Path, what: str = "pipeline") -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                values: dict[str, Any] | None = None) -> Config:
+    """Load the defaults, apply a pipeline YAML (overrides only), `key=value` overrides and then
+    `values` (dotted key -> Python value, e.g. a sweep trial's knobs), validate.
 
     Raises:
         ConfigError: unknown key, wrong type or invalid value, naming the file and the key.
@@ -368,12 +385,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read pipeline {path}: {e}") from e
+        tree = read_yaml(path)
     for item in overrides:
         _apply_override(tree, item, "--set")
+    for key, value in (values or {}).items():
+        set_dotted(tree, key, value, where)
     return from_dict(Config, tree, where)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def open_run(cfg: Config, run_dir: Path) -> tuple[RunData, LabelStore]:
 
 
 def method_of(cfg: Config):
-    """The module with the method's steps: `open_data`, `STEP_FUNCTIONS`, `cycle_budget`, `TABLE_METRICS`."""
+    """The module of the method's steps: `prepare`, `open_data`, `STEP_FUNCTIONS`, `cycle_budget`,
+    `TABLE_METRICS`."""
     if cfg.method == "alstal":
         from raylab import alstal
 
@@ -138,11 +140,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def run_loop(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
+def run_loop(cfg: Config, run_dir: Path, progress: bool = True,
+             after_cycle: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) the active-learning loop of `cfg` in `run_dir`; returns the final state.json.
 
     Stops when the run is finished, or after selection while a human oracle's answer is pending
-    (state "finished": false, step "select").
+    (state "finished": false, step "select"). `after_cycle(record)` is called with each cycle's
+    metrics.jsonl record as soon as the cycle is evaluated (a sweep trial reports it to Tune).
     """
     from tqdm import tqdm
 
@@ -180,12 +184,17 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True) -> dict:
         if step in ("evaluate", "annotate"):
             rebuild_metrics(paths, state)
         if step == "evaluate":
-            bar.write(summary_line(read_metrics(paths.path)[-1], method.TABLE_METRICS))
+            record = read_metrics(paths.path)[-1]
+            bar.write(summary_line(record, method.TABLE_METRICS))
             reason = stop_reason(cfg, data, store, cycle)
+            if reason:  # recorded before after_cycle, which may not return (Tune ends a trial there)
+                state = write_state(paths.path, finished=True, stop_reason=reason)
+            if after_cycle is not None:
+                after_cycle(record)
             if reason:
                 bar.close()
                 log.info("run %s finished: %s", paths.path, reason)
-                return write_state(paths.path, finished=True, stop_reason=reason)
+                return state
         cycle, step = next_step(state)
         if step == STEPS[0]:
             bar.close()

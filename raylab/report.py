@@ -453,12 +453,7 @@ def _paragraph(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>$title</title>
-<style>
+STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -469,7 +464,14 @@ img { display: block; max-width: 100%; margin: 1em 0; }
 .figures img { max-width: 540px; width: 100%; }
 .wide { overflow-x: auto; }
 .empty { color: #777; font-style: italic; }
-</style>
+</style>"""
+
+PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>$title</title>
+$style
 </head>
 <body>
 <h1>$title</h1>
@@ -496,4 +498,4 @@ def render_html(runs: list[ReportRun], sections: list[tuple[str, str]]) -> str:
     body = "\n".join(f"<section>\n<h2>{html.escape(title)}</h2>\n{content}\n</section>"
                      for title, content in sections)
     title = "raylab report: " + ", ".join(run.label for run in runs)
-    return PAGE.substitute(title=html.escape(title), runs="".join(rows), sections=body)
+    return PAGE.substitute(title=html.escape(title), style=STYLE, runs="".join(rows), sections=body)

@@ -162,7 +162,8 @@ def init_ray(address: str = "", num_cpus: int = 0, in_process: bool = False) -> 
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus or None, include_dashboard=False)
+        # "local": always a new Ray of our own, never one that another process started on this machine
+        ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=False)
 
 
 def quiet_per_epoch(ds):
