@@ -196,19 +196,23 @@ def _epoch_log(path: Path):
     return EpochLog()
 
 
-def _check_cpus_left_for_decoding(train_cpus: float, decode_cpus: float) -> None:
+def _check_cpus_left_for_decoding(train_cpus: float, decode_cpus: float, autoscaling: bool) -> None:
     """Training workers hold their CPUs for the whole cycle; the data stream that feeds them needs CPUs
-    of its own, or both wait on each other forever."""
+    of its own, or both wait on each other forever. On a local Ray that is an error; on a cluster
+    (`autoscaling`: ray.address is set) only a warning, since the autoscaler may still add nodes."""
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
     if total - train_cpus < decode_cpus:
-        raise ValueError(
+        message = (
             f"train.num_workers x train.cpus_per_worker = {train_cpus:g} CPUs leaves "
             f"{total - train_cpus:g} of the cluster's {total:g} for decoding clips, which needs "
-            f"ray.decode_num_cpus = {decode_cpus:g}: lower train.cpus_per_worker or ray.decode_num_cpus, "
-            "or add CPUs"
+            f"ray.decode_num_cpus = {decode_cpus:g}"
         )
+        if autoscaling:
+            log.warning("%s now: training waits until the autoscaler adds CPUs", message)
+            return
+        raise ValueError(f"{message}: lower train.cpus_per_worker or ray.decode_num_cpus, or add CPUs")
 
 
 def fit_cycle(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop_config: dict,
@@ -248,7 +252,8 @@ def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callab
 
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-    _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus)
+    _check_cpus_left_for_decoding(t.num_workers * t.cpus_per_worker, cfg.ray.decode_num_cpus,
+                                  autoscaling=bool(cfg.ray.address))
     trainer = TorchTrainer(
         train_func,
         train_loop_config=loop_config,

@@ -47,3 +47,13 @@ def test_a_cycle_that_would_leave_no_cpu_for_decoding_is_refused(ray_local, tiny
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, num_workers=2, cpus_per_worker=1.0))
     with pytest.raises(ValueError, match="leaves 0 of the cluster's 2 for decoding"):
         train_cycle(cfg, tmp_path, 0, dataset=None, num_classes=3)
+
+
+@pytest.mark.ray
+def test_on_a_cluster_too_few_cpus_only_warn_since_the_autoscaler_may_add_some(ray_local, caplog):
+    from raylab.train import _check_cpus_left_for_decoding
+
+    with caplog.at_level("WARNING", logger="raylab.train"):
+        _check_cpus_left_for_decoding(2.0, 1.0, autoscaling=True)
+    assert "waits until the autoscaler adds CPUs" in caplog.text
+    _check_cpus_left_for_decoding(1.0, 1.0, autoscaling=False)  # enough: nothing to say
