@@ -170,6 +170,21 @@ def run_trial(params: dict, sweep: SweepConfig, runs_dir: str) -> None:
     run_loop(cfg, run, progress=False, after_cycle=lambda _record: report_through(read_metrics(run)))
 
 
+def _set_aside_unknown_runs(runs_dir: Path) -> None:
+    """Run directories left by an earlier start whose Tune experiment cannot be restored (its driver
+    died before Tune first saved it) belong to no trial of the new experiment: keep them, out of the
+    results, in runs-abandoned-N/."""
+    if not any(runs_dir.iterdir()):
+        return
+    n = 1
+    while (runs_dir.parent / f"runs-abandoned-{n}").exists():
+        n += 1
+    target = runs_dir.parent / f"runs-abandoned-{n}"
+    runs_dir.rename(target)
+    runs_dir.mkdir()
+    log.warning("%s held trials of a sweep start that Tune cannot restore; moved to %s", runs_dir, target)
+
+
 def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -> pd.DataFrame:
     """Run (or resume) `sweep` in directory `out`; returns the results table (also out/results.csv)
     and writes the report (out/report/index.html). `scheduler`: a Tune TrialScheduler instead of the
@@ -196,6 +211,7 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
+        _set_aside_unknown_runs(runs_dir)
         s = sweep.search
         tuner = tune.Tuner(
             trainable,

@@ -244,3 +244,16 @@ def test_a_sweep_dir_refuses_other_settings(tmp_path):
     _check_or_save_settings(load_sweep(SMOKE_SWEEP, ["set.ray.num_cpus=8"]), tmp_path)  # where Ray runs: fine
     with pytest.raises(RunStateError, match="differences in: base, set"):
         _check_or_save_settings(load_sweep(SMOKE_SWEEP, ["set.loop.cycles=3"]), tmp_path)
+
+
+def test_runs_of_a_start_tune_cannot_restore_are_kept_aside(tmp_path):
+    from raylab.tune import _set_aside_unknown_runs
+
+    runs = tmp_path / "runs"
+    (runs / "abc_00000").mkdir(parents=True)
+    (runs / "abc_00000" / "trial.json").write_text("{}")
+    _set_aside_unknown_runs(runs)
+    assert list(runs.iterdir()) == []
+    assert (tmp_path / "runs-abandoned-1" / "abc_00000" / "trial.json").is_file()
+    _set_aside_unknown_runs(runs)  # nothing there: nothing moved
+    assert not (tmp_path / "runs-abandoned-2").exists()
