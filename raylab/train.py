@@ -124,6 +124,28 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
+def rng_states() -> list[dict]:
+    """The torch RNG state (CPU and CUDA) of every rank, on every rank (a collective call under DDP):
+    dropout draws from it, so a restarted worker needs its own to continue exactly."""
+    import torch.distributed as dist
+
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rng(states: list[dict] | None, rank: int) -> None:
+    if not states or rank >= len(states):  # another world size: the seeded state is all there is
+        return
+    torch.set_rng_state(states[rank]["cpu"])
+    if states[rank]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[rank]["cuda"])
+
+
 def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save: Callable,
                 warm_start: Callable) -> None:
     """The Ray-aware part of a training worker, for any model (runs on every worker).
@@ -133,8 +155,9 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
             when present, replaces Ray Train (`InProcessSession`).
         model: freshly built on every rank from the same seed (DDP also broadcasts rank 0's weights).
         run_epoch: plain torch, `run_epoch(model, batches, optimizer, device, amp) -> metrics dict`.
-        save: `save(path, model, optimizer=state_dict, epoch=int)` writes MODEL_FILE; its "model" entry
-            is the state_dict a restarted worker resumes from.
+        save: `save(path, model, optimizer=state_dict, epoch=int, rng=list)` writes MODEL_FILE; its
+            "model", "optimizer", "epoch" and "rng" (every rank's RNG state) entries are what a
+            restarted worker resumes from, exactly where the run without the failure would be.
         warm_start: `warm_start(model, path)` loads the weights of config["warm_start"] when set.
     """
     session = config.get("session") or RayTrainSession()
@@ -147,10 +170,11 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
         warm_start(model, config["warm_start"])
     model, device = session.prepare(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    shard, rank = session.shard(), session.rank()
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+        _restore_rng(state.get("rng"), rank)
     amp = config["mixed_precision"] and device.type == "cuda"
-    shard, rank = session.shard(), session.rank()
     for epoch in range(first_epoch, config["epochs"]):
         start = time.perf_counter()
         # a different order every epoch, the same on every run
@@ -161,9 +185,10 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
         metrics.update(epoch=epoch, seconds=time.perf_counter() - start)
         last = epoch == config["epochs"] - 1
         periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
+        rng = rng_states() if last or periodic else None  # every rank takes part
         if (last or periodic) and rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                save(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch)
+                save(Path(d) / MODEL_FILE, model, optimizer=optimizer.state_dict(), epoch=epoch, rng=rng)
                 session.report(metrics, checkpoint_dir=Path(d))
         else:
             session.report(metrics)
@@ -245,6 +270,17 @@ def fit_cycle(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop
     return CycleResult(out / MODEL_FILE, history, time.perf_counter() - start)
 
 
+def _in_order():
+    """Ray Train's ingest options with the decoded blocks kept in clip order: Ray Train replaces a
+    dataset's own execution options with its defaults, which hand blocks over as their decode tasks
+    finish, so a cycle redone after a crash (or a worker restart) would see other batches."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callable, loop_config: dict,
                       datasets: dict, history_path: Path) -> None:
     import ray.train
@@ -269,6 +305,7 @@ def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callab
             callbacks=[_epoch_log(history_path)],
         ),
         datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=_in_order()),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
