@@ -8,7 +8,8 @@ unlabelled frame into ASL's frame uncertainty (Eq.1 with τ), pixel entropy and 
 The score table is written in shards to scores/cycle=K/.
 
 Each batch draws its dropout masks from a seed derived from its clips (video and first frame), not
-from the actor's RNG state, so a batch retried on another actor, or scored by a pool of another
+from the actor's RNG state, and the pool receives the decoded blocks in clip order, so that it cuts
+the same batches every time: a batch retried on another actor or node, or scored by a pool of another
 size, gives the same scores.
 """
 
@@ -82,7 +83,7 @@ def score_dataset(clips, checkpoint: Path, cfg: Config):
     s = cfg.score
     if s.retry_on_errors and not cfg.ray.in_process:
         ray.data.DataContext.get_current().actor_task_retry_on_errors = True
-    return clips.map_batches(
+    scored = clips.map_batches(
         MCScorer,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "trials": s.trials, "tau": s.tau,
                                "use_gpu": s.gpus_per_actor > 0},
@@ -92,6 +93,15 @@ def score_dataset(clips, checkpoint: Path, cfg: Config):
         num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor or None,
     )
+    # The pool cuts its batches from decoded blocks in the order they reach it, and a batch's seed covers
+    # all of its clips. Decode tasks finish in any order (more than one at a time, on several nodes, or
+    # again after a fault), so without this a block shorter than a batch joins whichever block comes
+    # next and the same clips are scored with other dropout masks. In order, every run, pool and retry
+    # cuts the same batches. (A LocalDataset, `ray.in_process`, has no execution options: it is in order.)
+    options = getattr(scored.context, "execution_options", None)
+    if options is not None:
+        options.preserve_order = True
+    return scored
 
 
 def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
@@ -117,7 +127,10 @@ def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
     out = data.paths.scores(cycle)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    score_dataset(clips, checkpoint, cfg).write_parquet(str(tmp.resolve()))
+    # The shards are small: a write task needs no more CPU than a decode task. A whole CPU (Ray Data's
+    # default) is not free on any node while actors fill them, and the pool's outputs wait for the writes.
+    writes = {} if cfg.ray.in_process else {"ray_remote_args": {"num_cpus": cfg.ray.decode_num_cpus}}
+    score_dataset(clips, checkpoint, cfg).write_parquet(str(tmp.resolve()), **writes)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
