@@ -356,7 +356,19 @@ def set_dotted(tree: dict, key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _apply_override(tree: dict, dotted: str, where: str) -> None:
+def flat_keys(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys of a nested mapping and their values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def apply_override(tree: dict, dotted: str, where: str) -> None:
+    """Apply one `key.sub=value` override (the value read as YAML) to a nested mapping."""
     if "=" not in dotted:
         raise ConfigError(f"{where}: override {dotted!r} must look like key.sub=value")
     key, raw = dotted.split("=", 1)
@@ -387,7 +399,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         where = str(path)
         tree = read_yaml(path)
     for item in overrides:
-        _apply_override(tree, item, "--set")
+        apply_override(tree, item, "--set")
     for key, value in (values or {}).items():
         set_dotted(tree, key, value, where)
     return from_dict(Config, tree, where)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from raylab.config import Config, to_dict, to_yaml
+from raylab.config import Config, flat_keys, to_dict, to_yaml
 from raylab.data.labels import LabelStore
 from raylab.rundir import (
     STEPS,
@@ -48,16 +48,7 @@ STOP_KEYS = ("loop.cycles", "loop.budget", "loop.target_metric", "loop.target_va
 def config_differences(saved: Config, cfg: Config) -> list[str]:
     """`section.key: saved -> new` for every result-changing key that differs between two configs."""
 
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    a, b = flat(to_dict(saved)), flat(to_dict(cfg))
+    a, b = flat_keys(to_dict(saved)), flat_keys(to_dict(cfg))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and k.split(".")[0] not in RESOURCE_SECTIONS]
 

@@ -35,7 +35,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raylab.config import Config, ConfigError, from_dict, load_config, read_yaml
+from raylab.config import (
+    Config,
+    ConfigError,
+    apply_override,
+    flat_keys,
+    from_dict,
+    load_config,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
 from raylab.rundir import metric_value, read_metrics, read_state
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -132,16 +142,6 @@ SECTIONS = {"objective": ObjectiveConfig, "search": SearchConfig, "scheduler": S
             "resources": TrialResources}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     """Read and check a sweep YAML (module doc); `overrides` are `key=value` on the sweep file itself
     (e.g. search.num_samples=2, set.loop.cycles=2).
@@ -150,12 +150,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
         ConfigError: an unknown key, a knob that is not a config key or whose values the config
             refuses, an algorithm that cannot search the space; naming the file and the key.
     """
-    from raylab.config import _apply_override
-
     path = Path(path)
     tree = read_yaml(path, "sweep")
     for item in overrides:
-        _apply_override(tree, item, "--set")
+        apply_override(tree, item, "--set")
     known = {"name", "pipeline", "set", "space", *SECTIONS}
     unknown = sorted(set(tree) - known)
     if unknown:
@@ -163,7 +161,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     if "pipeline" not in tree:
         raise ConfigError(f"{path}: needs `pipeline:` (the base pipeline YAML, relative to this file)")
     pipeline = (path.parent / str(tree["pipeline"])).resolve()
-    sets = _flat(tree.get("set") or {})
+    sets = flat_keys(tree.get("set") or {})
     base = absolute_paths(load_config(pipeline, values=sets))
     sections = {name: from_dict(cls, tree.get(name) or {}, f"{path}: {name}")
                 for name, cls in SECTIONS.items()}
@@ -240,8 +238,6 @@ def trial_config(base: Config, params: dict[str, Any], resources: TrialResources
                  name: str = "") -> Config:
     """The config of one trial: `base` with the knob values `params` (dotted keys); with `resources`,
     also run in process on the trial's own CPUs / GPUs (raylab/tune.py)."""
-    from raylab.config import to_dict
-
     values = dict(params)
     if resources is not None:
         gpu = resources.gpus_per_trial > 0
@@ -257,8 +253,6 @@ def trial_config(base: Config, params: dict[str, Any], resources: TrialResources
 
 
 def _apply(tree: dict, values: dict[str, Any]) -> dict:
-    from raylab.config import set_dotted
-
     for key, value in values.items():
         set_dotted(tree, key, value, "trial")
     return tree
