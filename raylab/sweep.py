@@ -163,6 +163,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     pipeline = (path.parent / str(tree["pipeline"])).resolve()
     sets = flat_keys(tree.get("set") or {})
     base = absolute_paths(load_config(pipeline, values=sets))
+    if base.loop.oracle != "simulated":
+        raise ConfigError(f"{path}: sweep trials need loop.oracle simulated (no annotator answers a trial)")
     sections = {name: from_dict(cls, tree.get(name) or {}, f"{path}: {name}")
                 for name, cls in SECTIONS.items()}
     space = tuple(_knob(key, spec, base, path) for key, spec in (tree.get("space") or {}).items())

@@ -70,6 +70,7 @@ def write_sweep(tmp_path, text: str) -> Path:
     ("space: {loop.lam: {grid: [0.5]}}\nobjective: {metric: map@avg}", "not a metric of method asl"),
     ("space: {loop.lam: {grid: [0.5]}}\nobjective: {kind: at_budget}", "objective.budget"),
     ("space: {}", "names no knob"),
+    ("set: {loop.oracle: human}\nspace: {loop.lam: {grid: [0.5]}}", "oracle simulated"),
     ("space: {loop.lam: {grid: [0.5]}}\nschedule: {name: asha}", "unknown key.*schedule"),
 ])
 def test_bad_sweep_files_are_refused_naming_the_key(tmp_path, text, message):
