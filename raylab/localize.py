@@ -399,7 +399,8 @@ def score_videos(cfg: Config, feats: pd.DataFrame, checkpoint: Path, video_ids: 
     n = out["label"].map(len).to_numpy()
     pseudo = _pseudo_frame(np.repeat(out["video_id"].to_numpy(object), n),
                            *(_flat(out[k]) for k in ("t_start", "t_end", "label", "segment_score")))
-    return out[["video_id", "score"]].astype({"score": np.float64}), pseudo
+    # video_id as plain objects whatever the dataset made of it (Ray Data: string[pyarrow])
+    return out[["video_id", "score"]].astype({"video_id": object, "score": np.float64}), pseudo
 
 
 def _flat(column: pd.Series) -> np.ndarray:

@@ -315,7 +315,7 @@ def test_a_ray_train_cycle_learns_the_held_out_segments(ray_local, synth, tmp_pa
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_scores_and_pseudo_labels_do_not_depend_on_the_pool_size(ray_local, synth, trained):
+def test_scores_and_pseudo_labels_depend_neither_on_the_pool_size_nor_the_process(ray_local, synth, trained):
     _, feats, _ = synth
     cfg = make_cfg(aggregation="sum", pseudo_threshold=0.3)
     cfg = replace(cfg, score=replace(cfg.score, trials=4))
@@ -324,9 +324,12 @@ def test_scores_and_pseudo_labels_do_not_depend_on_the_pool_size(ray_local, synt
     for actors in (1, 2):
         run = replace(cfg, score=replace(cfg.score, actors=actors, cpus_per_actor=1.0))
         runs.append(L.score_videos(run, feats, trained[0], unlabelled))
-    (scores, pseudo), (scores2, pseudo2) = runs
-    pd.testing.assert_frame_equal(scores, scores2)
-    pd.testing.assert_frame_equal(pseudo, pseudo2)
+    in_process = replace(cfg, ray=replace(cfg.ray, in_process=True))
+    runs.append(L.score_videos(in_process, feats, trained[0], unlabelled))
+    (scores, pseudo), *others = runs  # 1 actor, 2 actors, in this process (a sweep trial)
+    for scores2, pseudo2 in others:
+        pd.testing.assert_frame_equal(scores, scores2)
+        pd.testing.assert_frame_equal(pseudo, pseudo2)
     assert scores["video_id"].tolist() == unlabelled
     # TPE summed over every location of every level: within [0, N ln C]
     n = feats.set_index("video_id").loc[unlabelled, "snippets"].map(
@@ -343,3 +346,20 @@ def test_scores_and_pseudo_labels_do_not_depend_on_the_pool_size(ray_local, synt
     mine = pseudo[pseudo["video_id"] == "v12"]
     kept = det["scores"] >= 0.3
     np.testing.assert_allclose(mine[["t_start", "t_end"]].to_numpy(), det["segments"][kept] * STRIDE / FPS)
+
+
+def test_the_localizer_trains_in_process_on_local_windows(synth, tmp_path, one_torch_thread):
+    """`ray.in_process` (sweep trials): the same windows as a LocalDataset, the same worker function."""
+    from raylab.data.local import LocalDataset
+
+    _, feats, gt = synth
+    cfg = make_cfg()
+    cfg = replace(cfg, ray=replace(cfg.ray, in_process=True))
+    dataset = L.training_windows(cfg, feats, gt[gt["video_id"].isin(TRAIN)], TRAIN, seed=cfg.seed)
+    assert isinstance(dataset, LocalDataset)
+    result = L.train_localizer_cycle(cfg, tmp_path, 0, dataset, C)
+    losses = [h["total"] for h in result.history]
+    assert len(losses) == cfg.train.epochs and losses[-1] < 0.3 * losses[0], losses
+    assert not (tmp_path / "ray_train").exists()
+    after = L.evaluate_videos(cfg, feats, result.checkpoint, gt, HELD_OUT, CLASSES)
+    assert after["map"]["0.5"] > 0.6, after
