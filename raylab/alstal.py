@@ -79,16 +79,22 @@ def feature_folder(cfg: Config, root: Path) -> Path:
 def prepare(cfg: Config) -> Path:
     """What every run of `cfg` shares, made once before a sweep's trials start: the dataset, and its
     snippet features unless `features.dir` holds them (videos already done are skipped)."""
+    root = ensure_dataset(cfg)
+    _extract_features(cfg, root, load_dataset(root)[1])
+    return root
+
+
+def _extract_features(cfg: Config, root: Path, index: pd.DataFrame) -> None:
+    """Extract the features of `index`'s videos into the dataset, unless `features.dir` holds them."""
     from raylab.features import extract_features
 
-    root = ensure_dataset(cfg)
-    if not cfg.features.dir:
-        init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
-        s = cfg.score
-        extract_features(root, load_dataset(root)[1], feature_folder(cfg, root), cfg.features,
-                         actors=s.actors, cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor,
-                         in_process=cfg.ray.in_process)
-    return root
+    if cfg.features.dir:
+        return
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
+    s = cfg.score
+    extract_features(root, index, feature_folder(cfg, root), cfg.features, actors=s.actors,
+                     cpus_per_actor=s.cpus_per_actor, gpus_per_actor=s.gpus_per_actor,
+                     in_process=cfg.ray.in_process)
 
 
 def features(cfg: Config, data: RunData) -> pd.DataFrame:
@@ -97,7 +103,7 @@ def features(cfg: Config, data: RunData) -> pd.DataFrame:
 
     if data.features is None:
         folder = feature_folder(cfg, data.root)
-        prepare(cfg)
+        _extract_features(cfg, data.root, data.index)  # the dataset is loaded already
         feats = load_features(folder, data.index, cfg.features, allow_missing=True)
         missing = ~data.index["video_id"].isin(feats["video_id"])
         if missing.any():  # broken videos: the run goes on with the rest (load_features logged why)

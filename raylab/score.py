@@ -97,10 +97,9 @@ def score_dataset(clips, checkpoint: Path, cfg: Config):
     # all of its clips. Decode tasks finish in any order (more than one at a time, on several nodes, or
     # again after a fault), so without this a block shorter than a batch joins whichever block comes
     # next and the same clips are scored with other dropout masks. In order, every run, pool and retry
-    # cuts the same batches. (A LocalDataset, `ray.in_process`, has no execution options: it is in order.)
-    options = getattr(scored.context, "execution_options", None)
-    if options is not None:
-        options.preserve_order = True
+    # cuts the same batches. (A LocalDataset, `ray.in_process`, is always in order.)
+    if not cfg.ray.in_process:
+        scored.context.execution_options.preserve_order = True
     return scored
 
 
