@@ -17,7 +17,6 @@ Frames here are raylab's, 0-based; `Parsed.frame_base` says how the file numbers
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from raylab.data import bounds
 from raylab.data.annotations import AnnotationError, Problem
 
 # A CVAT task is named "<video_id> [raylab run=<run_id> cycle=<K>]": the name is all of raylab's that
@@ -229,9 +229,9 @@ def parse_annotations(path: Path, sizes: dict[str, tuple[int, int, int]]) -> Par
     """
     file = str(path)
     try:
-        data = _xml_in_zip(path) if zipfile.is_zipfile(path) else path.read_bytes()
+        data = _xml_in_zip(path) if zipfile.is_zipfile(path) else bounds.read_bytes(path)
         text = data.decode("utf-8-sig")
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, bounds.InputBoundError) as e:
         raise _malformed(file, f"cannot read the file: {e}") from None
     head = text.lstrip()[:1]
     if head == "<":
@@ -250,7 +250,7 @@ def _xml_in_zip(path: Path) -> bytes:
         names = [n for n in z.namelist() if n.endswith(".xml")]
         if len(names) != 1:
             raise _malformed(str(path), f"a ZIP must hold one XML file (CVAT's annotations.xml), has {names}")
-        return z.read(names[0])
+        return bounds.read_zip_member(z, names[0])
 
 
 # ---- CVAT
@@ -390,8 +390,8 @@ def _floats(el: ET.Element, names: tuple[str, ...]) -> tuple[float, ...] | None:
 
 def _parse_labelstudio(file: str, text: str, sizes: dict[str, tuple[int, int, int]]) -> Parsed:
     try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as e:
+        tasks = bounds.loads_json(text)
+    except ValueError as e:
         raise _malformed(file, f"not valid JSON: {e}") from None
     tasks = [tasks] if isinstance(tasks, dict) else tasks
     if not isinstance(tasks, list):
@@ -403,13 +403,21 @@ def _parse_labelstudio(file: str, text: str, sizes: dict[str, tuple[int, int, in
             continue
         units.append(unit)
         annotations = task.get("annotations") or []
+        if not isinstance(annotations, list):
+            report(unit.video, None, f"{unit.where}: 'annotations' must be a list, got {_shown(annotations)}")
+            annotations = []
         done = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
         if len(done) > 1:
             report(unit.video, None, f"{unit.where} has {len(done)} annotations: keep one (delete the others "
                    "in Label Studio) and export again")
         unit.annotated = len(done) == 1
+        results = (done[0].get("result") or []) if unit.annotated else []
+        if not isinstance(results, list):
+            report(unit.video, None, f"{unit.where}: an annotation's 'result' must be a list of regions, "
+                   f"got {_shown(results)}")
+            results = []
         if unit.annotated and unit.video in sizes:  # an unknown video is reported with the selection
-            for result in done[0].get("result") or []:
+            for result in results:
                 if isinstance(result, dict) and result.get("type") == "videorectangle":
                     unit.tracks.append(_ls_track(unit, result, sizes[unit.video], report))
     return Parsed(file, "labelstudio", 1, units, [], report.problems)
@@ -417,7 +425,7 @@ def _parse_labelstudio(file: str, text: str, sizes: dict[str, tuple[int, int, in
 
 def _ls_unit(i: int, task, report: Report) -> Unit | None:
     data = task.get("data") if isinstance(task, dict) else None
-    where = f"task {task.get('id', f'#{i}')}" if isinstance(task, dict) else f"task #{i}"
+    where = f"task {_shown(task.get('id', f'#{i}'))}" if isinstance(task, dict) else f"task #{i}"
     if not isinstance(data, dict):
         report(None, None, f"{where} is not a Label Studio task (no 'data')")
         return None
@@ -437,7 +445,7 @@ def _ls_unit(i: int, task, report: Report) -> Unit | None:
 def _ls_track(unit: Unit, result: dict, size: tuple[int, int, int], report: Report) -> Track:
     _, height, width = size
     value = result.get("value") if isinstance(result.get("value"), dict) else {}
-    where = f"{unit.where} region {result.get('id')!r}"
+    where = f"{unit.where} region {_shown(result.get('id'))}"
     labels, sequence = value.get("labels"), value.get("sequence")
     one = isinstance(labels, list) and len(labels) == 1 and isinstance(labels[0], str)
     if not one:
@@ -471,6 +479,12 @@ def _track(unit: Unit, label, keys: list[Key], where: str, report: Report, base:
         if a.frame == b.frame:
             report(unit.video, a.frame + base, f"{where} has two boxes on this frame")
     return Track(label if isinstance(label, str) else None, keys, where)
+
+
+def _shown(value, limit: int = 60) -> str:
+    """repr of a value for a message, cut at `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _int(value) -> int | None:

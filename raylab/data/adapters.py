@@ -15,7 +15,6 @@ Formats:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raylab.data.annotations import AnnotationError, Problem, restricted_load
+from raylab.data import bounds
+from raylab.data.annotations import AnnotationError, Problem, path_escape, restricted_load
 from raylab.data.rle import rle_encode
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,14 @@ def read_act(path: Path, split: int = 0) -> Source:
         raise AnnotationError(
             [Problem(file, None, None, f"not an ACT ground-truth pickle: missing {missing}")]
         )
+    try:
+        return _read_act(file, data, split)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:  # a key of the wrong shape
+        msg = f"not an ACT ground-truth pickle: {type(e).__name__}: {str(e)[:200]}"
+        raise AnnotationError([Problem(file, None, None, msg)]) from None
+
+
+def _read_act(file: str, data: dict, split: int) -> Source:
     n_splits = len(data["train_videos"])
     if not 0 <= split < n_splits:
         raise AnnotationError(
@@ -149,11 +157,10 @@ def _act_tube_rows(file: str, name: str, tubes_by_label: dict, problems: list[Pr
     parts, actor = [], 0
     for label, tubes in tubes_by_label.items():
         for tube in tubes:
-            tube = np.asarray(tube, dtype=np.float64)
-            if tube.ndim != 2 or tube.shape[1] != 5:
-                problems.append(
-                    Problem(file, name, None, f"tube {actor} has shape {tube.shape}, expected [N, 5]")
-                )
+            tube = _tube_array(tube)
+            if tube is None or tube.ndim != 2 or tube.shape[1] != 5:
+                shape = "no array of numbers" if tube is None else f"shape {tube.shape}"
+                problems.append(Problem(file, name, None, f"tube {actor} has {shape}, expected [N, 5]"))
             else:
                 parts.append(
                     pd.DataFrame(
@@ -172,6 +179,16 @@ def _act_tube_rows(file: str, name: str, tubes_by_label: dict, problems: list[Pr
                 )
             actor += 1
     return parts
+
+
+def _tube_array(tube) -> np.ndarray | None:
+    """A tube as float64 [N, 5], its shape and dtype checked before it is converted; None if not numbers."""
+    if isinstance(tube, np.ndarray):
+        return tube.astype(np.float64) if tube.dtype.kind in "biuf" else None
+    try:
+        return np.asarray(tube, dtype=np.float64)  # a list: its size is bounded by safe_pickle.check_built
+    except (TypeError, ValueError):
+        return None
 
 
 def _box_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -198,6 +215,8 @@ def attach_jhmdb_masks(source: Source, mask_root: Path) -> int:
     gt, found = source.gt, 0
     rows_by_video = gt.groupby("video_id", sort=False).indices
     for entry in source.videos:
+        if path_escape(entry.name):  # reported with the videos (convert._locate_videos); never opened
+            continue
         path = mask_root / entry.name / "puppet_mask.mat"
         if entry.name not in rows_by_video or not path.is_file():
             continue
@@ -265,9 +284,12 @@ def read_activity_json(path: Path, fmt: str) -> Source:
     """
     file = str(path)
     try:
-        database = json.loads(path.read_text()).get("database")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise AnnotationError([Problem(file, None, None, f"not a valid annotation JSON: {e}")]) from e
+        document = bounds.loads_json(bounds.read_bytes(path))
+    except OSError as e:
+        raise AnnotationError([Problem(file, None, None, f"cannot read the file: {e.strerror}")]) from None
+    except ValueError as e:  # not JSON, not UTF-8, too large or nested too deeply
+        raise AnnotationError([Problem(file, None, None, f"not a valid annotation JSON: {e}")]) from None
+    database = document.get("database") if isinstance(document, dict) else None
     if not isinstance(database, dict):
         raise AnnotationError(
             [Problem(file, None, None, 'no "database" object: not a THUMOS/ActivityNet JSON')]

@@ -10,9 +10,6 @@ made by `raylab synth`) index.path is relative to the dataset directory. `resolv
 
 from __future__ import annotations
 
-import _compat_pickle
-import codecs
-import importlib
 import logging
 import math
 import pickle
@@ -25,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raylab.data import schema
+from raylab.data import safe_pickle, schema
 
 log = logging.getLogger(__name__)
 
@@ -74,65 +71,30 @@ class AnnotationError(Exception):
 
 # ------------------------------------------------------------------------------ restricted unpickler
 
-_BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
-             "complex", "bool")  # fmt: skip
-_ALLOWED = {("builtins", n) for n in _BUILTINS} | {
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # how protocol 0-2 pickles store bytes (numpy array buffers)
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that builds plain containers and numpy arrays only, and refuses every other global."""
-
-    def find_class(self, module: str, name: str):
-        module, name = _modern_name(module, name)
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        return getattr(importlib.import_module(module), name)
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """`_codecs.encode` as protocol 0-2 pickles use it for bytes, with latin-1 / utf-8 only."""
-    if codecs.lookup(encoding).name not in ("iso8859-1", "utf-8"):
-        raise pickle.UnpicklingError(f"refused to load _codecs.encode with encoding {encoding!r}")
-    return codecs.encode(text, encoding, errors)
-
-
-def _modern_name(module: str, name: str) -> tuple[str, str]:
-    """Python 2 names (__builtin__.unicode) and numpy<2 names (numpy.core.*) as spelled here."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    if module.startswith("numpy.core."):
-        module = "numpy._core." + module[len("numpy.core.") :]
-    return module, name
-
 
 def restricted_load(path: str | Path) -> object:
-    """Load an annotation pickle (Python 2 pickles too: str as latin-1) without running any code in it.
+    """Load an annotation pickle (Python 2 pickles too: str as latin-1) without running any code in it,
+    and within bounds on what it builds (safe_pickle.py).
 
     Raises:
-        AnnotationError: a global other than plain containers / numpy arrays, or an unreadable file.
+        AnnotationError: a global other than plain containers / numpy arrays, a bound exceeded, or an
+            unreadable file.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+        return safe_pickle.load(path)
+    except safe_pickle.PickleRefused as e:
         if str(e).startswith("refused to load"):
             msg = f"{e} from {path.name}: only plain containers and numpy arrays are allowed in pickles"
         else:
-            msg = f"not a readable pickle: {e}"
+            msg = f"refused: the pickle {e}"
         raise AnnotationError([Problem(str(path), None, None, msg)]) from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except pickle.UnpicklingError as e:
+        raise AnnotationError([Problem(str(path), None, None, f"not a readable pickle: {e}")]) from None
+    except OSError as e:
+        msg = f"cannot read the file: {e.strerror}"
+        raise AnnotationError([Problem(str(path), None, None, msg)]) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise AnnotationError([Problem(str(path), None, None, f"not a readable pickle: {e!r}")]) from None
 
 
