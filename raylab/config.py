@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -30,6 +31,10 @@ class DataConfig:
     def __post_init__(self):
         if self.synth_preset not in ("tiny", "small", "medium"):
             raise ConfigError(f"data.synth_preset must be tiny, small or medium, got {self.synth_preset!r}")
+        if self.synth_seed < 0:
+            raise ConfigError(f"data.synth_seed must be >= 0, got {self.synth_seed}")
+        if not self.synth_dir:
+            raise ConfigError("data.synth_dir must name a folder (where SynthActions is generated)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class ClipConfig:
     width: int = 64  # decoded frame width (pixels)
     sampling: str = "annotated"  # "annotated": clips around labelled frames (training); "tile": dense tiling
     clips_per_annotation: int = 1  # training clips drawn around each annotated frame per epoch
+    cover: bool = True  # an annotated frame already inside that many clips of its video gets none of its own
+    video_clips: int = 2  # training clips anywhere in every training video, for its (known) class label
     batch_size: int = 8  # clips per batch handed to the consumer (training step, scorer)
     clips_per_task: int = 64  # clips decoded by one Ray Data task (larger amortises per-task cost)
 
@@ -48,6 +55,8 @@ class ClipConfig:
                      "clips_per_task"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"clips.{name} must be >= 1, got {getattr(self, name)}")
+        if self.video_clips < 0:
+            raise ConfigError(f"clips.video_clips must be >= 0, got {self.video_clips}")
         if self.sampling not in ("annotated", "tile"):
             raise ConfigError(f"clips.sampling must be 'annotated' or 'tile', got {self.sampling!r}")
 
@@ -56,7 +65,8 @@ class ClipConfig:
 class LabelConfig:
     sigma: float = 1.3  # MGW / APU Gaussian width in frames (ASL Eq.2 and Eq.4)
     loss_weighting: str = "mgw"  # mgw | masking (sigma -> 0) | interpolation (sigma -> inf)
-    init_fraction: float = 0.01  # fraction of training frames labelled at random before the first cycle
+    init_fraction: float = 0.01  # fraction of each training video's frames (at least one) labelled at random
+    #                              before the first cycle (ASL Sec. 4)
 
     def __post_init__(self):
         if self.sigma <= 0:
@@ -140,6 +150,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.cpus_per_worker <= 0:
             raise ConfigError("train.lr and train.cpus_per_worker must be > 0")
+        for name in ("weight_decay", "cls_weight", "loc_weight", "checkpoint_every", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,8 @@ class ScoreConfig:
             raise ConfigError("score.trials and score.actors must be >= 1")
         if not 0 < self.tau <= 1:
             raise ConfigError(f"score.tau must be in (0, 1], got {self.tau}")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ConfigError("score.cpus_per_actor must be > 0 and score.gpus_per_actor >= 0")
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,8 @@ class FeatureConfig:
         for name in ("snippet_frames", "snippet_stride", "height", "width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+        if self.fps < 0:
+            raise ConfigError(f"features.fps must be >= 0 (0 = the index's), got {self.fps}")
 
 
 ALSTAL_SCORES = ("tpe", "tci", "random")
@@ -238,6 +255,8 @@ class ALSTALConfig:
             raise ConfigError("alstal.init_fraction and alstal.step_fraction must be in (0, 1]")
         if not 0 <= self.pseudo_threshold <= 1 or self.nms_sigma <= 0:
             raise ConfigError("alstal.pseudo_threshold must be in [0, 1] and alstal.nms_sigma > 0")
+        if self.cost_per_video < 0:
+            raise ConfigError(f"alstal.cost_per_video must be >= 0, got {self.cost_per_video}")
 
 
 ORACLES = ("simulated", "human")
@@ -273,6 +292,9 @@ class LoopConfig:
         if self.target_metric and "@" not in self.target_metric:
             raise ConfigError(f"loop.target_metric looks like frame_map@0.5 or video_map@0.2, "
                               f"got {self.target_metric!r}")
+        if self.target_metric and not 0 < self.target_value <= 1:  # every metric a run reports is in [0, 1]
+            raise ConfigError(f"loop.target_value must be in (0, 1] (the range of {self.target_metric}), "
+                              f"got {self.target_value}")
 
 
 @dataclass(frozen=True)
@@ -282,6 +304,13 @@ class RayConfig:
     decode_num_cpus: float = 1.0  # CPUs reserved per Ray Data decode task
     in_process: bool = False  # decode, train and score in this process, without Ray Data tasks, actors or
     #                           a Ray Train run (what a sweep trial does, sized to the trial's resources)
+
+    def __post_init__(self):
+        if self.num_cpus < 0:
+            raise ConfigError(f"ray.num_cpus must be > 0, or 0 for all of this machine's, "
+                              f"got {self.num_cpus}")
+        if self.decode_num_cpus <= 0:
+            raise ConfigError(f"ray.decode_num_cpus must be > 0, got {self.decode_num_cpus}")
 
 
 METHODS = ("asl", "alstal")
@@ -307,6 +336,11 @@ class Config:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            raise ConfigError(f"name must be a plain folder name (the run directory is runs/<name>), "
+                              f"got {self.name!r}")
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
@@ -338,6 +372,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
         if not ok:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        if hint is float and not math.isfinite(value):  # NaN passes every range check unnoticed
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    elif typing.get_origin(hint) is tuple:  # tuple[int, ...]: a YAML list of ints
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     return value
 
 
@@ -372,14 +413,26 @@ def apply_override(tree: dict, dotted: str, where: str) -> None:
     if "=" not in dotted:
         raise ConfigError(f"{where}: override {dotted!r} must look like key.sub=value")
     key, raw = dotted.split("=", 1)
-    set_dotted(tree, key, yaml.safe_load(raw), where)
+    try:
+        value = yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"{where}: the value of {key.strip()} is not valid YAML: "
+                          f"{_first_line(e)}") from None
+    set_dotted(tree, key, value, where)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
 
 
 def read_yaml(path: str | Path, what: str = "pipeline") -> dict[str, Any]:
     try:
         tree = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError(f"cannot read {what} {path}: nested too deeply") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(tree).__name__}")
     return tree
