@@ -11,8 +11,15 @@ from pathlib import Path
 log = logging.getLogger("raylab")
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out as given; the message says what to do instead."""
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from raylab.data.synthetic import generate
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"{args.out} is a file: OUT must be a new or existing folder")
 
     summary = generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers,
                        overwrite=args.overwrite)
@@ -48,11 +55,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from raylab.config import load_config
     from raylab.loop import run_loop
+    from raylab.rundir import CONFIG_FILE, run_config
 
-    pipeline = args.pipeline
-    if pipeline is None and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
-        pipeline = Path(args.run_dir) / "config.yaml"  # resume a run with its own config
-    cfg = load_config(pipeline, args.set)
+    if args.pipeline is None and args.run_dir:  # resume a run with its own config; never start one
+        if not (Path(args.run_dir) / CONFIG_FILE).is_file():
+            raise UsageError(f"{args.run_dir} holds no run ({CONFIG_FILE} not found); nothing was created. "
+                             "`raylab run --run-dir DIR` resumes a run; to start one give its pipeline: "
+                             f"raylab run PIPELINE --run-dir {args.run_dir}")
+        cfg = run_config(Path(args.run_dir), args.set)
+    else:
+        cfg = load_config(args.pipeline, args.set)
     run_loop(cfg, Path(args.run_dir or f"runs/{cfg.name}"))
     return 0
 
@@ -78,7 +90,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from raylab.oracle import export_selection
 
-    out = export_selection(Path(args.run), args.format, Path(args.out) if args.out else None)
+    out = export_selection(Path(args.run), args.format, Path(args.out) if args.out else None,
+                           force=args.force)
     print(f"tasks for {args.format} -> {out}")
     return 0
 
@@ -136,18 +149,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from raylab.acquisition.select import select_frames
+    from raylab.acquisition.select import STRATEGIES, select_frames
     from raylab.data.labels import LabelStore
 
-    index = pd.read_parquet(args.index)
+    if args.strategy not in STRATEGIES:
+        raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {args.strategy!r}")
+    index = _read_table(args.index, "--index", ("video_id", "num_frames"))
     num_frames = dict(zip(index["video_id"], index["num_frames"]))  # dataset order breaks ties
     labels = Path(args.labels)
-    labelled = (LabelStore(labels).to_pandas() if labels.is_dir() else pd.read_parquet(labels))
-    picked = select_frames(pd.read_parquet(args.scores), labelled[["video_id", "frame"]], num_frames,
-                           args.budget, args.strategy, sigma=args.sigma, lam=args.lam, seed=args.seed,
-                           min_gap=args.min_gap)
+    labelled = (LabelStore(labels).to_pandas() if labels.is_dir() else
+                _read_table(labels, "--labels", ("video_id", "frame")))
+    scores = _read_table(args.scores, "--scores", ("video_id", "frame", "uncertainty"))
+    picked = select_frames(scores, labelled[["video_id", "frame"]], num_frames, args.budget, args.strategy,
+                           sigma=args.sigma, lam=args.lam, seed=args.seed, min_gap=args.min_gap)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_name(f".{Path(args.out).name}.part")
     picked.to_parquet(tmp, index=False)
@@ -155,6 +169,51 @@ def _cmd_select(args: argparse.Namespace) -> int:
     print(f"selected {len(picked)} frames in {picked['video_id'].nunique()} videos with {args.strategy} "
           f"-> {args.out}")
     return 0
+
+
+def _read_table(path, flag: str, columns: tuple[str, ...]):
+    """A parquet table given on the command line, with the columns a command needs."""
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as e:
+        raise UsageError(f"{flag} {path}: not a readable parquet table ({_first_line(e)})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UsageError(f"{flag} {path}: no column(s) {', '.join(missing)} "
+                         f"(it has {', '.join(map(str, table.columns))})")
+    return table
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite `kind` in [low, high] ((low, high] with `low_open`)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(s for s in (lo, hi) if s)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT, NON_NEGATIVE = _number(int, 1), _number(int, 0)
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -165,7 +224,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylab", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray's own output on the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (SynthActions, local Ray)")
@@ -191,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the pending selection as annotation tasks (human oracle)")
     p.add_argument("run", help="run directory")
     p.add_argument("--format", required=True, choices=["cvat", "labelstudio"])
-    p.add_argument("--out", default=None, help="file to write (default RUN/exports/cycle=K/)")
+    p.add_argument("--out", default=None, help="file to write (default RUN/exports/cycle=K/); an existing "
+                   "file is refused unless --force, a path in the run other than exports/ always")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import", help="append annotators' results for the pending selection")
@@ -206,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="MC-dropout scores of a run's unlabelled frames (actor pool)")
     p.add_argument("run", help="run directory (holds config.yaml and checkpoints/cycle=K)")
-    p.add_argument("--cycle", type=int, required=True, help="whose detector scores")
+    p.add_argument("--cycle", type=NON_NEGATIVE, required=True, help="whose detector scores")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. score.actors=4")
     p.set_defaults(func=_cmd_score)
@@ -215,13 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="score table (video_id, frame, uncertainty[, entropy])")
     p.add_argument("--labels", required=True, help="label store directory, or parquet (video_id, frame)")
     p.add_argument("--index", required=True, help="the dataset's index.parquet (video order breaks ties)")
-    p.add_argument("--budget", type=int, required=True, help="frames to select")
+    p.add_argument("--budget", type=COUNT, required=True, help="frames to select")
     p.add_argument("--strategy", default="apu-global", help="apu-global, apu-local, random, equidistant, "
                    "uncertainty, entropy, sample")
-    p.add_argument("--sigma", type=float, default=1.3, help="APU proximity width in frames")
-    p.add_argument("--lam", type=float, default=0.5, help="APU weight of uncertainty vs proximity")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-gap", type=int, default=5, help="entropy strategy: frames between picks")
+    p.add_argument("--sigma", type=_number(float, 0, low_open=True), default=1.3,
+                   help="APU proximity width in frames")
+    p.add_argument("--lam", type=_number(float, 0, 1), default=0.5,
+                   help="APU weight of uncertainty vs proximity")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--min-gap", type=NON_NEGATIVE, default=5, help="entropy strategy: frames between picks")
     p.add_argument("--out", required=True, help="selection parquet to write")
     p.set_defaults(func=_cmd_select)
 
@@ -239,14 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_a", help="run directory of the method")
     q.add_argument("run_b", help="run directory of the baseline")
     q.add_argument("--metric", required=True, help="e.g. frame_map@0.5 or map@0.5")
-    q.add_argument("--level", type=float, default=None, help="metric level (default: the baseline's last)")
+    q.add_argument("--level", type=_number(float), default=None,
+                   help="metric level (default: the baseline's last)")
     q.set_defaults(func=_cmd_eval_rs)
 
     p = sub.add_parser("synth", help="generate a SynthActions dataset (spatio-temporal and temporal sets)")
     p.add_argument("out", help="output directory")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes writing videos in parallel")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--workers", type=COUNT, default=1, help="processes writing videos in parallel")
     p.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     p.set_defaults(func=_cmd_synth)
 
@@ -256,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with the annotation file(s), see docs/data-preparation.md")
     p.add_argument("out", help="new dataset directory (must not exist or be empty)")
     p.add_argument("--videos", default=None, help="folder of the video files (default SRC/videos)")
-    p.add_argument("--split", type=int, default=0, help="which train/test split of J-HMDB (0, 1, 2)")
+    p.add_argument("--split", type=NON_NEGATIVE, default=0, help="which train/test split of J-HMDB (0, 1, 2)")
     p.set_defaults(func=_cmd_convert)
+    for p in [*sub.choices.values(), *eval_sub.choices.values()]:  # -v after the subcommand too
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging, and Ray's own output on the terminal")
     return parser
 
 
@@ -265,13 +333,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input or state a user can fix: reported in one line, no traceback."""
     from raylab.config import ConfigError
     from raylab.data.annotations import AnnotationError
+    from raylab.data.bounds import InputBoundError
     from raylab.data.labels import LabelStoreError
     from raylab.data.video import VideoError
+    from raylab.eval.stad_json import StadFormatError
     from raylab.eval.tal import RelativeSavingError, TalFormatError
     from raylab.rundir import RunStateError
 
-    return (ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError, TalFormatError,
-            RelativeSavingError, FileExistsError, FileNotFoundError)
+    return (UsageError, ConfigError, AnnotationError, LabelStoreError, VideoError, RunStateError,
+            StadFormatError, TalFormatError, RelativeSavingError, InputBoundError,
+            OSError)  # missing or unreadable files, a full disk: said in one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"raylab {args.command}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"raylab {args.command}: interrupted; every step done so far is kept (rerun to resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

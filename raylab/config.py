@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,6 +457,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     for key, value in (values or {}).items():
         set_dotted(tree, key, value, where)
     return from_dict(Config, tree, where)
+
+
+# config keys holding paths: a run directory's config.yaml holds them absolute (or relative to the run
+# directory), so that a run works from any directory; a sweep makes them absolute before trials start
+PATH_KEYS = ("data.root", "data.synth_dir", "features.dir", "features.encoder_weights", "detector.weights")
+
+
+def absolute_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """`cfg` with every non-empty relative path (PATH_KEYS) joined to `base` (default: this directory)."""
+    base = Path(base if base is not None else Path.cwd()).absolute()
+    sections: dict[str, dict[str, str]] = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not Path(value).is_absolute():
+            sections.setdefault(section, {})[name] = os.path.normpath(base / value)
+    if not sections:
+        return cfg
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **v)
+                                       for s, v in sections.items()})
 
 
 def to_yaml(cfg: Config) -> str:

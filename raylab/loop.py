@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from raylab.config import Config, flat_keys, to_dict, to_yaml
+from raylab.config import Config, absolute_paths, flat_keys, to_dict, to_yaml
 from raylab.data.labels import LabelStore
 from raylab.rundir import (
     STEPS,
@@ -60,6 +60,7 @@ def open_run(cfg: Config, run_dir: Path) -> tuple[RunData, LabelStore]:
         RunStateError: the run directory holds a run with another config (the message lists what differs).
     """
     paths = RunPaths(Path(run_dir).resolve())  # absolute: Ray workers run in other directories
+    cfg = absolute_paths(cfg)  # the run's config.yaml holds absolute paths: it works from any directory
     if paths.config.is_file():
         diff = config_differences(run_config(paths.path), cfg)
         fixed = [d for d in diff if d.split(":")[0] not in STOP_KEYS]
@@ -142,6 +143,7 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True,
     from tqdm import tqdm
 
     data, store = open_run(cfg, Path(run_dir))
+    cfg = data.cfg  # with absolute paths
     method, paths = method_of(cfg), data.paths
     state = read_state(paths.path)
     if state.get("finished"):

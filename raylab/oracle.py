@@ -112,7 +112,7 @@ def reveal_videos(gt: pd.DataFrame, video_ids, cost_per_video: float = 1.0) -> p
 # ------------------------------------------------------------------------------------- human oracle
 
 
-def export_selection(run: Path, fmt: str, out: Path | None = None) -> Path:
+def export_selection(run: Path, fmt: str, out: Path | None = None, force: bool = False) -> Path:
     """Write the pending selection of a run as tasks for an annotation tool.
 
     Args:
@@ -120,12 +120,14 @@ def export_selection(run: Path, fmt: str, out: Path | None = None) -> Path:
         fmt: "cvat" (one XML 1.1 document, a task per video) or "labelstudio" (a JSON list of tasks, a task
             per video, and the labeling config written next to it as <stem>_config.xml).
         out: the file to write; default exports/cycle=K/cvat.xml or labelstudio.json in the run.
+        force: replace an existing `out` (and Label Studio's config next to it). A path inside the run
+            other than exports/ (its label store, state, config) is refused whatever `force` says.
 
     Returns:
         the path written.
 
     Raises:
-        RunStateError: nothing is pending (or the run or its selection is missing).
+        RunStateError: nothing is pending (or the run or its selection is missing), or `out` is refused.
         ValueError: an unknown format.
     """
     if fmt not in FORMATS:
@@ -138,7 +140,13 @@ def export_selection(run: Path, fmt: str, out: Path | None = None) -> Path:
             f"{state['cycle']}; `raylab run` stops after a selection when loop.oracle is human")
     data = rundir.load_run(run)
     requests = selection_requests(data, rundir.read_selection(run, cycle))
-    out = Path(out) if out is not None else data.paths.exports(cycle) / FORMATS[fmt]
+    if out is None:
+        out = data.paths.exports(cycle) / FORMATS[fmt]  # raylab's own file: written again on a rerun
+    else:
+        out = Path(out)
+        written = [out] if fmt == "cvat" else [out, out.with_name(f"{out.stem}_config.xml")]
+        for path in written:
+            check_export_target(run, path, force)
     if fmt == "cvat":
         rundir.write_atomic(out, cvat_document(requests, data.classes, state["run_id"], cycle))
     else:
@@ -149,6 +157,24 @@ def export_selection(run: Path, fmt: str, out: Path | None = None) -> Path:
     log.info("run %s cycle %d: %d frames of %d videos exported for %s -> %s", run, cycle,
              sum(len(r.frames) for r in requests), len(requests), fmt, out)
     return out
+
+
+def check_export_target(run: Path, out: Path, force: bool) -> None:
+    """Refuse to export onto a run's own files (anything in it but exports/), or onto an existing file
+    unless `force`."""
+    run, target = Path(run).resolve(), Path(out).resolve()  # symbolic links followed
+    inside = target == run or run in target.parents
+    if inside and (target == run / "labels" or run / "labels" in target.parents):
+        raise rundir.RunStateError(f"{out} is inside the label store of {run}: an export never writes "
+                                   "there (--force or not); choose a file outside labels/")
+    if inside and run / "exports" not in target.parents:
+        raise rundir.RunStateError(f"{out} is one of the run's own files: an export writes only under "
+                                   f"{run / 'exports'} or outside the run")
+    if target.is_dir():
+        raise rundir.RunStateError(f"{out} is a folder: --out names the file to write")
+    if target.exists() and not force:
+        raise rundir.RunStateError(f"{out} exists: an export never replaces a file silently; choose another "
+                                   "--out, or pass --force to replace it")
 
 
 def selection_requests(data: rundir.RunData, selection: pd.DataFrame) -> list[Request]:

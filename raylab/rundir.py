@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from raylab.config import Config, load_config
+from raylab.config import PATH_KEYS, Config, absolute_paths, load_config
 
 STEPS = ("train", "evaluate", "score", "select", "annotate")  # the steps of a cycle, in order
 STATE_FILE = "state.json"
@@ -147,11 +147,22 @@ def next_step(state: dict) -> tuple[int, str]:
 
 
 def run_config(run: Path, overrides: list[str] = ()) -> Config:
-    """The resolved config saved in a run directory."""
+    """The resolved config saved in a run directory, its relative paths taken relative to the run
+    directory (config.yaml holds them absolute; a relative one travels with the run when it is moved).
+    Runs made before paths were saved absolute hold paths relative to where they were started: such a
+    path that exists from this directory and not from the run directory is taken from here."""
     path = RunPaths(Path(run)).config
     if not path.is_file():
         raise RunStateError(f"{path} not found: {run} is not a run directory")
-    return load_config(path, overrides)
+    saved = load_config(path, overrides)
+    cfg = absolute_paths(saved, Path(run))
+    here = absolute_paths(saved)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        mine, old = getattr(getattr(cfg, section), name), getattr(getattr(here, section), name)
+        if mine and not Path(mine).exists() and Path(old).exists():
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: old})})
+    return cfg
 
 
 def read_metrics(run: Path) -> list[dict]:

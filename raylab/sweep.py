@@ -28,7 +28,7 @@ objective after every cycle is computed here from its metrics.jsonl records:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from raylab.config import (
+    PATH_KEYS,  # noqa: F401 (where it was first defined)
     Config,
     ConfigError,
+    absolute_paths,
     apply_override,
     flat_keys,
     from_dict,
@@ -52,8 +54,8 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("grid", "random", "optuna")
 OBJECTIVES = ("auc", "at_budget")
 SCHEDULERS = ("asha", "none")
-# config keys holding paths: made absolute before trials start (Tune runs each trial in a folder of its own)
-PATH_KEYS = ("data.root", "data.synth_dir", "features.dir", "features.encoder_weights", "detector.weights")
+# config keys holding paths (config.PATH_KEYS) are made absolute before trials start: Tune runs each trial
+# in a folder of its own
 TRIAL_FILE = "trial.json"  # in each trial's run directory: trial id and its knob values
 
 
@@ -217,23 +219,6 @@ def _check_algorithm(sweep: SweepConfig, path: Path) -> None:
     if sweep.search.algorithm == "optuna" and "grid" in kinds:
         raise ConfigError(f"{path}: search.algorithm optuna samples its knobs; write grid knobs as "
                           "{choice: [...]}")
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """`cfg` with every non-empty path key (PATH_KEYS) absolute, resolved against this directory."""
-    values = {}
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value and not Path(value).is_absolute():
-            values[key] = str(Path(value).resolve())
-    if not values:
-        return cfg
-    sections = {}
-    for key, value in values.items():
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = value
-    return replace(cfg, **{s: replace(getattr(cfg, s), **v) for s, v in sections.items()})
 
 
 def trial_config(base: Config, params: dict[str, Any], resources: TrialResources | None = None,
