@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 CLICKS_PER_ACTOR = 2.0  # a box is drawn with two clicks (opposite corners)
 FORMATS = {"cvat": "cvat.xml", "labelstudio": "labelstudio.json"}  # format -> default file name
+# what a run directory holds of raylab's own (rundir.py): never an export's target
+RUN_OWN = ("labels", "checkpoints", "scores", "selections", "metrics", "pseudo", "report", rundir.CONFIG_FILE,
+           rundir.STATE_FILE, "metrics.jsonl")
 
 
 def _requests_frame(requests: Mapping[str, np.ndarray] | pd.DataFrame) -> pd.DataFrame:
@@ -160,16 +163,17 @@ def export_selection(run: Path, fmt: str, out: Path | None = None, force: bool =
 
 
 def check_export_target(run: Path, out: Path, force: bool) -> None:
-    """Refuse to export onto a run's own files (anything in it but exports/), or onto an existing file
-    unless `force`."""
+    """Refuse to export onto a run's own files (its label store, state, config, checkpoints, scores,
+    selections, metrics), whatever `force` says, or onto an existing file unless `force`."""
     run, target = Path(run).resolve(), Path(out).resolve()  # symbolic links followed
-    inside = target == run or run in target.parents
-    if inside and (target == run / "labels" or run / "labels" in target.parents):
+    first = target.relative_to(run).parts[:1] if target == run or run in target.parents else ()
+    if first == ("labels",):
         raise rundir.RunStateError(f"{out} is inside the label store of {run}: an export never writes "
                                    "there (--force or not); choose a file outside labels/")
-    if inside and run / "exports" not in target.parents:
-        raise rundir.RunStateError(f"{out} is one of the run's own files: an export writes only under "
-                                   f"{run / 'exports'} or outside the run")
+    if first and first[0] in RUN_OWN:
+        raise rundir.RunStateError(f"{out} is one of the run's own files ({first[0]}): "
+                                   "an export never writes there; choose a file under exports/ or outside "
+                                   "the run")
     if target.is_dir():
         raise rundir.RunStateError(f"{out} is a folder: --out names the file to write")
     if target.exists() and not force:
