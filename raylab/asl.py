@@ -151,7 +151,10 @@ def select_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> No
         scores = pd.DataFrame({"video_id": np.repeat(train["video_id"].to_numpy(), train["num_frames"]),
                                "frame": frames, "uncertainty": 0.0})
     else:
-        scores = pd.read_parquet(data.paths.scores(cycle))
+        from raylab.score import read_score_columns
+
+        entropy = ("entropy",) if cfg.loop.strategy == "entropy" else ()
+        scores = read_score_columns(data.paths.scores(cycle), ("video_id", "frame", "uncertainty", *entropy))
     picked = select_frames(scores, store.to_pandas()[["video_id", "frame"]],
                            dict(zip(train["video_id"], train["num_frames"])), cycle_budget(cfg, data, store),
                            cfg.loop.strategy, sigma=cfg.labels.sigma, lam=cfg.loop.lam, seed=cfg.seed + cycle,

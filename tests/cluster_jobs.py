@@ -63,14 +63,17 @@ class NodeTaggedScorer(MCScorer):
         self.calls = 0
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         self.calls += 1
         marks = os.environ.get(MARKS)
         if marks:
             Path(marks, f"call-{node_id()}-{os.getpid()}-{self.calls}").write_text(str(time.time()))
         time.sleep(float(os.environ.get(SLOW, "0")))
-        rows = super().__call__(batch)
+        return super().__call__(batch)
+
+    def score(self, batch: dict) -> dict:
+        import numpy as np
+
+        rows = super().score(batch)
         rows["node_id"] = np.full(len(rows["frame"]), node_id(), dtype=object)
         return rows
 
@@ -134,20 +137,49 @@ def train_func_dying_once(config: dict) -> None:
 # ---- running a scenario in a process of its own -------------------------------------------------------
 
 
+def _start(scenario: str, run: Path, out: Path, overrides: list[str], env: dict | None, log_file,
+           ray_tmp: Path) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    path = os.pathsep.join(p for p in (str(REPO), environ.get("PYTHONPATH", "")) if p)
+    environ.update({"RAY_TMPDIR": str(ray_tmp), MARKS: str(out), "PYTHONPATH": path, **(env or {})})
+    return subprocess.Popen([sys.executable, "-m", "tests.cluster_jobs", scenario, str(run), str(out),
+                             *overrides], cwd=REPO, env=environ, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def kill_scenario_when(ready, scenario: str, run: Path, out: Path, overrides: list[str],
+                       timeout: float = 240, env: dict | None = None) -> None:
+    """Start a scenario as `run_scenario` does and, as soon as `ready()` is true, kill its whole process
+    group (SIGKILL: the driver, its Ray and every worker, with no cleanup). The test fails if the
+    scenario exits first or `ready()` stays false for `timeout` seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rlc", dir="/tmp"))
+    log = out / "log.txt"
+    with open(log, "w") as f:
+        proc = _start(scenario, run, out, overrides, env, f, ray_tmp)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            was_ready, code = ready(), proc.poll()
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    tail = log.read_text()[-4000:]
+    assert code is None, f"scenario {scenario} exited ({code}) before it was killed; log:\n{tail}"
+    assert was_ready, f"scenario {scenario} not ready after {timeout} s; log:\n{tail}"
+
+
 def run_scenario(scenario: str, run: Path, out: Path, overrides: list[str], timeout: float = 240,
                  env: dict | None = None) -> dict:
     """`python -m tests.cluster_jobs SCENARIO RUN OUT OVERRIDES` in its own process group and Ray temp
     dir; returns its result.json. On a timeout the whole group is killed (SIGKILL) and the test fails."""
     out.mkdir(parents=True, exist_ok=True)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rlc", dir="/tmp"))  # short: Ray's socket paths live below it
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    path = os.pathsep.join(p for p in (str(REPO), environ.get("PYTHONPATH", "")) if p)
-    environ.update({"RAY_TMPDIR": str(ray_tmp), MARKS: str(out), "PYTHONPATH": path, **(env or {})})
     log = out / "log.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster_jobs", scenario, str(run), str(out),
-                                 *overrides], cwd=REPO, env=environ, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = _start(scenario, run, out, overrides, env, f, ray_tmp)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -255,7 +287,36 @@ def scenario_remove_node(run: str, out: Path, overrides: list[str]) -> dict:
     return {"scores": str(path), "workers": list(by_id), **event}
 
 
-SCENARIOS = {"cycle": scenario_cycle, "remove_node": scenario_remove_node}
+HOLD = "RAYLAB_TEST_HOLD_AFTER"  # env: a HoldingScorer scores this many blocks, then hangs
+
+
+class HoldingScorer(MCScorer):
+    """MCScorer that scores (and commits) $RAYLAB_TEST_HOLD_AFTER blocks, then hangs in its next call
+    until its process is killed: a scoring step caught mid-way, deterministically."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def __call__(self, batch: dict) -> dict:
+        self.calls += 1
+        while self.calls > int(os.environ[HOLD]):
+            time.sleep(1)
+        return super().__call__(batch)
+
+
+def scenario_score_held(run: str, out: Path, overrides: list[str]) -> dict:
+    """Score cycle 0 on a local Ray of this process's own with one HoldingScorer; never returns (the
+    test kills the process group once the shards it waits for are committed)."""
+    import raylab.score
+
+    cfg, data, store = _open(run, overrides)
+    raylab.score.MCScorer = HoldingScorer
+    raylab.score.score_cycle(cfg, data, store, 0)
+    return {"finished": True}  # a test that sees this has failed: the scorer should have hung
+
+
+SCENARIOS = {"cycle": scenario_cycle, "remove_node": scenario_remove_node, "score_held": scenario_score_held}
 
 
 def main(argv: list[str]) -> None:

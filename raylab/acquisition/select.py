@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raylab.acquisition.frame import apu_proximity, apu_scores
 from raylab.proximity import nearest_annotated_distance
@@ -323,12 +325,48 @@ def _as_frame(table, name: str, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def _locate(df: pd.DataFrame, name: str, ids: pd.Index, nf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(video order [R], frame [R]) of a table's rows, checked against num_frames."""
-    video = ids.get_indexer(df["video_id"])
-    frame = df["frame"].to_numpy()
+def _columns(table, name: str, required: tuple[str, ...], ids: pd.Index) -> dict:
+    """A table's columns as arrays: video (position in `ids`, -1 if unknown) [R], frame [R], the other
+    required columns and entropy when present, and `id_of(r)`, row r's video_id (for errors).
+
+    A pyarrow Table (e.g. `raylab.score.read_score_columns`, video_id plain or dictionary-encoded) is
+    read column by column, without a pandas frame or a Python string per row."""
+    if not isinstance(table, pa.Table):
+        df = _as_frame(table, name, required)
+        cols = {c: df[c].to_numpy() for c in df.columns if c in required or c == "entropy"}
+        cols["video"] = ids.get_indexer(df["video_id"])
+        cols["id_of"] = lambda r: df["video_id"].to_numpy()[r]
+        return cols
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{name} table is missing columns {missing} (it has {table.column_names})")
+    cols = {c: table.column(c).to_numpy() for c in table.column_names
+            if c != "video_id" and (c in required or c == "entropy")}
+    cols["video"] = _positions(table.column("video_id"), pa.array(list(ids), pa.string()))
+    cols["id_of"] = lambda r: table.column("video_id")[r].as_py()
+    return cols
+
+
+def _positions(video_ids: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """int64 [R] position of each video id in `ids`, -1 where absent; a dictionary chunk is looked up
+    once per dictionary entry."""
+    out = []
+    for chunk in video_ids.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            found = pc.index_in(chunk.dictionary.cast(pa.string()), value_set=ids).fill_null(-1)
+            codes = chunk.indices.to_numpy(zero_copy_only=False)
+            out.append(found.to_numpy().astype(np.int64)[codes])
+        else:
+            out.append(pc.index_in(chunk.cast(pa.string()), value_set=ids).fill_null(-1).to_numpy()
+                       .astype(np.int64))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _locate(cols: dict, name: str, ids: pd.Index, nf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(video order [R], frame [R]) of a table's rows (`_columns`), checked against num_frames."""
+    video, frame = cols["video"], cols["frame"]
     if (video < 0).any():
-        bad = df["video_id"].to_numpy()[video < 0][0]
+        bad = cols["id_of"](int(np.flatnonzero(video < 0)[0]))
         raise ValueError(f"{name}: video {bad!r} is not in num_frames (the dataset index)")
     if frame.size and not np.issubdtype(frame.dtype, np.integer):
         if not np.all(np.mod(frame, 1) == 0):
@@ -349,10 +387,9 @@ def build_pool(scores, labelled, num_frames: Mapping, need_entropy: bool = False
     ids = pd.Index(list(num_frames))
     nf = np.asarray([int(num_frames[v]) for v in ids], dtype=np.int64)
     cols = ("video_id", "frame", "uncertainty") + (("entropy",) if need_entropy else ())
-    sdf = _as_frame(scores, "scores", cols)
-    ldf = _as_frame(labelled, "labelled", ("video_id", "frame"))
-    video, frame = _locate(sdf, "scores", ids, nf)
-    u = sdf["uncertainty"].to_numpy(dtype=np.float64)
+    sc = _columns(scores, "scores", cols, ids)
+    video, frame = _locate(sc, "scores", ids, nf)
+    u = sc["uncertainty"].astype(np.float64)
     if not np.isfinite(u).all():
         raise ValueError("scores: uncertainty has NaN or infinite values")
     stride = int(nf.max(initial=1))
@@ -362,14 +399,14 @@ def build_pool(scores, labelled, num_frames: Mapping, need_entropy: bool = False
     if key.size and (np.diff(key) == 0).any():
         r = int(np.flatnonzero(np.diff(key) == 0)[0])
         raise ValueError(f"scores: video {ids[video[r]]!r} frame {frame[r]} appears more than once")
-    lv, lf = _locate(ldf, "labelled", ids, nf)
+    lv, lf = _locate(_columns(labelled, "labelled", ("video_id", "frame"), ids), "labelled", ids, nf)
     lab_key = np.unique(lv * stride + lf)
     lv, lf = lab_key // stride, lab_key % stride
     pos = np.clip(np.searchsorted(lab_key, key), 0, max(lab_key.size - 1, 0))
     cand = ~(lab_key[pos] == key) if lab_key.size else np.ones(key.size, dtype=bool)
     ent = None
-    if "entropy" in sdf.columns:
-        ent = sdf["entropy"].to_numpy(dtype=np.float64)[sort][cand]
+    if "entropy" in sc:
+        ent = sc["entropy"].astype(np.float64)[sort][cand]
         if need_entropy and not np.isfinite(ent).all():
             raise ValueError("scores: entropy has NaN or infinite values")
     v_all = np.arange(ids.size)
@@ -406,7 +443,8 @@ def select_frames(
     Args:
         scores: pandas DataFrame or pyarrow Table with video_id, frame, uncertainty (U in [0, 1]) and,
             for the entropy strategy, entropy; one row per scored frame. Frames missing here are never
-            candidates.
+            candidates. A Table is read by column (video_id may be dictionary-encoded), never as a
+            pandas frame: `raylab.score.read_score_columns` gives one for a pool of any size.
         labelled: table with video_id, frame of the frames annotated so far (None: nothing labelled).
         num_frames: ordered mapping video_id -> frame count, in dataset-index order; that order breaks
             ties between videos.

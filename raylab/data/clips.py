@@ -57,6 +57,28 @@ def tile_clips(index: pd.DataFrame, length: int, stride: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
 
 
+def tile_counts(num_frames, length: int, stride: int) -> np.ndarray:
+    """Clips of `tile_video` per video, computed without building them: int64 [V] for num_frames [V].
+
+    The scorer's driver sizes a pool of any size from these (`clip_offsets`) and leaves the tiling
+    itself to the tasks that decode the clips.
+    """
+    n = np.asarray(num_frames, dtype=np.int64)
+    counts = np.zeros(n.shape, dtype=np.int64)
+    for phase in range(stride):
+        frames = np.maximum(n - phase + stride - 1, 0) // stride  # frames of this phase (0 if n <= phase)
+        full = np.maximum(frames - length, 0) // length + 1  # the starts 0, length, 2 length, ...
+        shifted = (frames > length) & ((full - 1) * length + length < frames)  # a last clip moved back
+        counts += np.where(frames > 0, full + shifted, 0)
+    return counts
+
+
+def clip_offsets(num_frames, length: int, stride: int) -> np.ndarray:
+    """int64 [V + 1]: the clips of video v in the dense tiling of all videos are offsets[v]..offsets[v+1]-1
+    (video order, then `tile_video` order)."""
+    return np.concatenate([[0], np.cumsum(tile_counts(num_frames, length, stride))]).astype(np.int64)
+
+
 def annotated_clips(
     index: pd.DataFrame,
     labelled: Mapping[str, np.ndarray],

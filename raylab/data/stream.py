@@ -131,6 +131,84 @@ def clip_dataset(
     )
 
 
+# ---- the dense tiling for scoring -------------------------------------------------------------------
+#
+# A pool of a million frames is 125k clips: their frame lists, paths and label payloads would be a
+# pool-sized table in the driver and in the object store. The scoring stream instead hands the tasks
+# clip *ranges* of the dense tiling (`clips.clip_offsets`); each task makes its clips from the
+# per-video rows (`tiling_videos`, shipped once with the operator) and decodes them. A scoring batch:
+#     video_id    object [B]             the clip's video
+#     clip_index  int64 [B]              the clip's position in the dense tiling of all videos
+#     frames      int32 [B, T]           0-based frame indices
+#     owned       bool [B, T]            the clip is the one that scores this frame
+#     annotated   bool [B, T]            frame is labelled (never a candidate)
+#     clip        uint8 [B, T, H, W, 3]  RGB frames at the configured size
+
+
+def tiling_videos(videos: pd.DataFrame, video_root: str | Path, labelled: Mapping[str, np.ndarray],
+                  length: int, stride: int) -> dict[str, np.ndarray]:
+    """What a task needs to make and decode any clip of the dense tiling of `videos` (video_id, path,
+    num_frames; dataset-index order): per video its id, absolute path and first clip (`clip_offsets`,
+    [V + 1]); and the labelled frames as sorted keys video position * key_stride + frame."""
+    from raylab.data.clips import clip_offsets
+
+    root = Path(video_root).resolve()
+    ids = videos["video_id"].to_numpy(dtype=object)
+    num_frames = videos["num_frames"].to_numpy(np.int64)
+    key_stride = int(num_frames.max(initial=0)) + 1
+    position = pd.Index(ids)
+    keys = [position.get_loc(v) * key_stride + np.asarray(f, np.int64) for v, f in labelled.items()
+            if v in position]
+    return {"video_id": ids, "path": np.array([str(root / p) for p in videos["path"]], dtype=object),
+            "num_frames": num_frames, "first_clip": clip_offsets(num_frames, length, stride),
+            "labelled_keys": np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64),
+            "key_stride": np.int64(key_stride), "length": np.int64(length), "stride": np.int64(stride)}
+
+
+def decode_tiles(ranges: pa.Table, videos: dict[str, np.ndarray], size: tuple[int, int]) -> dict:
+    """Make and decode the clips clip_start..clip_stop-1 of each row of `ranges` (see the block above).
+
+    Each video's frames are read once per task (decord, one reader), then cut into its clips.
+    """
+    from raylab.data.clips import tile_video
+
+    length, stride, key_stride = int(videos["length"]), int(videos["stride"]), int(videos["key_stride"])
+    first = videos["first_clip"]
+    out: dict[str, list] = {k: [] for k in ("video_id", "clip_index", "frames", "owned", "annotated", "clip")}
+    for start, stop in zip(ranges.column("clip_start").to_pylist(), ranges.column("clip_stop").to_pylist()):
+        g = np.arange(start, stop, dtype=np.int64)
+        video = np.searchsorted(first, g, side="right") - 1  # [B] position of each clip's video
+        for v in np.unique(video).tolist():
+            tiles = tile_video(int(videos["num_frames"][v]), length, stride)
+            picked = [tiles[j] for j in (g[video == v] - first[v]).tolist()]
+            frames = np.stack([f for f, _ in picked])  # [b, T]
+            unique, inverse = np.unique(frames, return_inverse=True)
+            pixels = read_frames(videos["path"][v], unique, size)[inverse.reshape(-1)]  # [b * T, H, W, 3]
+            out["clip"].append(pixels.reshape(*frames.shape, *pixels.shape[1:]))
+            out["frames"].append(frames.astype(np.int32))
+            out["owned"].append(np.stack([o for _, o in picked]))
+            keys = v * key_stride + frames
+            pos = np.searchsorted(videos["labelled_keys"], keys)
+            labelled = videos["labelled_keys"]
+            out["annotated"].append(labelled[np.minimum(pos, max(labelled.size - 1, 0))] == keys
+                                    if labelled.size else np.zeros(frames.shape, bool))
+            out["video_id"].append(np.full(len(picked), videos["video_id"][v], dtype=object))
+        out["clip_index"].append(g)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def tile_dataset(videos: dict[str, np.ndarray], ranges: list[tuple[int, int]], size: tuple[int, int],
+                 num_cpus: float = 1.0, in_process: bool = False):
+    """A dataset of the clips of the dense tiling in `ranges` ((clip_start, clip_stop) pairs of
+    `tiling_videos(...)["first_clip"]` positions), one range per task, decoded in the tasks; the
+    driver holds only the ranges and the per-video rows."""
+    blocks = [pa.table({"clip_start": pa.array([a], pa.int64()), "clip_stop": pa.array([b], pa.int64())})
+              for a, b in ranges]
+    return dataset_from_blocks(blocks, in_process).map_batches(
+        decode_tiles, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"videos": videos, "size": tuple(size)}, num_cpus=num_cpus)
+
+
 def dataset_from_blocks(blocks: list, in_process: bool = False):
     """A dataset of `blocks` (pyarrow Tables or pandas DataFrames, one per task): a Ray Dataset, or a
     `LocalDataset` run in this process when `in_process` (`ray.in_process`: sweep trials)."""
