@@ -60,6 +60,22 @@ def test_broken_files_raise_video_error_with_reason(tmp_path, blob_video):
         assert e.value.path.endswith(name)
 
 
+def test_reasons_are_short_stable_sentences_and_the_decoder_stays_quiet(tmp_path, blob_video, capfd):
+    path, _ = blob_video
+    data = path.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 3 // 4])
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(1).bytes(4000))
+    (tmp_path / "text.mp4").write_text("hello\n" * 100)
+    reasons = set()
+    for name in ("cut.mp4", "garbage.mp4", "text.mp4"):
+        with pytest.raises(VideoError) as e:
+            probe_video(tmp_path / name)
+        reasons.add(e.value.reason)
+    assert reasons <= {"not a video (the decoder cannot open it)", "cannot read the stream header",
+                       "truncated: the last frame (15) of 16 cannot be decoded"}, reasons
+    assert capfd.readouterr().err == ""  # ffmpeg's own lines are not printed
+
+
 def test_frame_out_of_range_names_the_frame(blob_video):
     path, _ = blob_video
     with pytest.raises(VideoError, match="frame 16 out of range"):

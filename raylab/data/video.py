@@ -6,8 +6,13 @@ decodes (decord's `get_batch` is known to grow memory on long-lived readers of l
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,7 @@ def _decord():
             "decord is required to read videos: `pip install decord` (or `make venv`)"
         ) from e
     decord.bridge.set_bridge("native")
+    decord.logging.set_level(decord.logging.QUIET)  # ffmpeg's own lines would reach stderr; errors raise
     return decord
 
 
@@ -49,16 +55,51 @@ def _open(path: str | Path, height: int = -1, width: int = -1):
     if not path.is_file():
         raise VideoError(path, "file not found")
     if path.stat().st_size == 0:
-        raise VideoError(path, "empty file (0 bytes)")
+        raise VideoError(path, "empty file")
     decord = _decord()
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), height=height, width=width, num_threads=1)
+        with _decoder_output_logged():
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), height=height, width=width,
+                                      num_threads=1)
     except Exception as e:  # decord raises RuntimeError / DECORDError with ffmpeg's message
-        raise VideoError(path, f"cannot open: {_short(e)}") from e
+        raise VideoError(path, "not a video (the decoder cannot open it)") from _logged(path, e)
 
 
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+_capture_lock = threading.Lock()
+_capture: dict = {"depth": 0}  # threads decoding at once share one capture of descriptor 2
+
+
+@contextlib.contextmanager
+def _decoder_output_logged() -> Iterator[None]:
+    """Descriptor 2 into a temporary file while decord runs, its text to the debug log afterwards: decord
+    logs its errors (timestamp, source line, the file) to stderr itself, besides raising them."""
+    with _capture_lock:
+        if _capture["depth"] == 0:
+            sys.stderr.flush()
+            _capture["file"], _capture["saved"] = tempfile.TemporaryFile(), os.dup(2)
+            os.dup2(_capture["file"].fileno(), 2)
+        _capture["depth"] += 1
+    try:
+        yield
+    finally:
+        with _capture_lock:
+            _capture["depth"] -= 1
+            if _capture["depth"] == 0:
+                os.dup2(_capture["saved"], 2)
+                os.close(_capture["saved"])
+                f = _capture.pop("file")
+                f.seek(0)
+                text = f.read().decode(errors="replace").strip()
+                f.close()
+                if text:
+                    log.debug("decoder output: %s", text)
+
+
+def _logged(path, e: Exception) -> Exception:
+    """The decoder's own message (timestamps, source lines, ffmpeg codes) goes to the debug log, not into
+    a reason: reasons are short, stable sentences (quarantine.parquet groups by them)."""
+    log.debug("%s: decoder says: %s", path, str(e).strip() or type(e).__name__)
+    return e
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -78,7 +119,8 @@ def probe_video(path: str | Path) -> VideoInfo:
     try:
         read_frames(path, [0, n - 1], size=(height, width))
     except VideoError as e:
-        raise VideoError(path, f"truncated or corrupt: cannot decode frame {n - 1} of {n}: {e.reason}") from e
+        reason = f"truncated: the last frame ({n - 1}) of {n} cannot be decoded"
+        raise VideoError(path, reason) from _logged(path, e)
     return VideoInfo(num_frames=n, fps=fps, height=height, width=width)
 
 
@@ -91,7 +133,7 @@ def _stored_size(path: str | Path) -> tuple[int, int]:
             ctx = container.streams.video[0].codec_context
             return int(ctx.height), int(ctx.width)
     except Exception as e:
-        raise VideoError(path, f"cannot read the stream header: {_short(e)}") from e
+        raise VideoError(path, "cannot read the stream header") from _logged(path, e)
 
 
 def clip_frames(start: int, length: int, stride: int, num_frames: int) -> np.ndarray:
@@ -148,11 +190,12 @@ def _get_batch(path: str | Path, frames: np.ndarray, h: int, w: int) -> np.ndarr
     if bad.size:
         raise VideoError(path, f"frame {int(bad[0])} out of range (video has {n} frames)")
     try:
-        return vr.get_batch(frames.tolist()).asnumpy()
+        with _decoder_output_logged():
+            return vr.get_batch(frames.tolist()).asnumpy()
     except Exception as e:
         if "The size must exactly match" in str(e):
             raise _StrideBug() from e
-        raise VideoError(path, f"cannot decode frames {frames.min()}..{frames.max()}: {_short(e)}") from e
+        raise VideoError(path, f"cannot decode frames {frames.min()}..{frames.max()}") from _logged(path, e)
     finally:
         del vr
 
