@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from raylab.quiet import ray_output_to
+
 log = logging.getLogger("raylab")
 
 
@@ -48,7 +50,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from raylab.demo import run_demo
 
     cfg = load_config(args.pipeline, args.set)
-    run_demo(cfg, Path(args.run_dir or f"runs/{cfg.name}"))
+    out = Path(args.run_dir or f"runs/{cfg.name}")
+    with ray_output_to(None if args.verbose else out / "logs" / "ray.log"):
+        run_demo(cfg, out)
     return 0
 
 
@@ -65,7 +69,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = run_config(Path(args.run_dir), args.set)
     else:
         cfg = load_config(args.pipeline, args.set)
-    run_loop(cfg, Path(args.run_dir or f"runs/{cfg.name}"))
+    run = Path(args.run_dir or f"runs/{cfg.name}")
+    with ray_output_to(None if args.verbose else run / "logs" / "ray.log"):
+        run_loop(cfg, run)
     return 0
 
 
@@ -143,7 +149,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     run = Path(args.run)
     data = load_run(run)
     cfg = run_config(run, args.set)  # the run's resolved config, e.g. with another pool size
-    out = score_cycle(cfg, data, LabelStore(data.paths.labels, index=data.index), args.cycle)
+    with ray_output_to(None if args.verbose else run / "logs" / "ray.log"):
+        out = score_cycle(cfg, data, LabelStore(data.paths.labels, index=data.index), args.cycle)
     print(f"scores of cycle {args.cycle} -> {out}")
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from raylab.config import Config, absolute_paths, flat_keys, to_dict, to_yaml
 from raylab.data.labels import LabelStore
+from raylab.quiet import terminal
 from raylab.rundir import (
     STEPS,
     PendingAnnotation,
@@ -159,7 +160,7 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True,
     while True:
         if bar is None:
             bar = tqdm(total=len(STEPS), initial=STEPS.index(step), desc=f"{paths.path.name} cycle {cycle}",
-                       unit="step", disable=not progress, leave=True)
+                       unit="step", disable=not progress, leave=True, file=terminal())
         bar.set_postfix_str(step)
         start = time.perf_counter()
         try:

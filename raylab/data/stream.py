@@ -233,8 +233,14 @@ def init_ray(address: str = "", num_cpus: int = 0, in_process: bool = False) -> 
     Does nothing when Ray is already initialised (tests, Ray jobs), or with `in_process` (the run's
     steps then need no Ray: `ray.in_process`).
     """
+    import warnings
+
     import ray
 
+    # Ray Train's own DataConfig sets ExecutionOptions.exclude_resources, which Ray Data deprecated, so
+    # every training run warned though raylab never sets it (ray-project/ray#64632, review of
+    # execution_options.py: "Internal Train assignments trigger deprecation").
+    warnings.filterwarnings("ignore", message=r".*exclude_resources.* is deprecated")
     if in_process or ray.is_initialized():
         return
     if address:
