@@ -246,7 +246,11 @@ def init_ray(address: str = "", num_cpus: int = 0, in_process: bool = False) -> 
     if address:
         ray.init(address=address)
     else:
-        # "local": always a new Ray of our own, never one that another process started on this machine
+        # "local": always a new Ray of our own, never one that another process started on this machine.
+        # Without the dashboard, which serves the State API, Ray Train v2's PlacementGroupCleaner warns
+        # "Failed to query Ray Train Controller actor state" every poll of every training run (Ray's
+        # doing: it treats the missing API as transient, ray-project/ray#65447); the lines go to
+        # RUN/logs/ray.log (raylab.quiet), and a dashboard is not worth its process for them.
         ray.init(address="local", num_cpus=num_cpus or None, include_dashboard=False)
 
 
