@@ -109,19 +109,19 @@ class OtherLoad:
         self.share = max(0.0, other / (os.sysconf("SC_CLK_TCK") * wall * os.cpu_count()))
 
 
-def scoring_run(table, checkpoint: Path, cfg) -> dict:
-    """One pass of the scoring pipeline over `table`, consumed by this driver."""
-    from raylab.data.stream import clip_dataset
+def scoring_run(videos: dict, ranges: list, checkpoint: Path, cfg, out: Path) -> dict:
+    """One run of the scoring pipeline over the clip `ranges` of the tiling, consumed by this driver (its
+    outputs are the shard records; a range scored twice rewrites the same shard)."""
+    from raylab.data.stream import tile_dataset
     from raylab.score import score_dataset
 
     c = cfg.clips
     start = time.perf_counter()
-    clips = clip_dataset(table, (c.height, c.width), cfg.labels.sigma, clips_per_task=c.clips_per_task,
-                         num_cpus=cfg.ray.decode_num_cpus)
-    batches = iter(score_dataset(clips, checkpoint, cfg).iter_batches(batch_size=None))
-    frames = len(next(batches)["frame"])
+    clips = tile_dataset(videos, ranges, (c.height, c.width), num_cpus=cfg.ray.decode_num_cpus)
+    records = iter(score_dataset(clips, checkpoint, cfg, out).iter_batches(batch_size=None))
+    frames = int(next(records)["frames"].sum())
     first = time.perf_counter()
-    steady = sum(len(b["frame"]) for b in batches)
+    steady = sum(int(r["frames"].sum()) for r in records)
     end = time.perf_counter()
     return {"frames_per_s": steady / (end - first), "frames": frames + steady,
             "first_batch_s": first - start, "end_to_end_s": end - start}
@@ -190,16 +190,15 @@ def main() -> None:
     actors, workers = sorted({1, *args.actors}), sorted({1, *args.workers})
 
     os.environ["OMP_NUM_THREADS"] = "1"  # before Ray starts: its workers inherit it
-    import pyarrow as pa
     import ray
     import ray.data
     import torch
 
     from raylab.config import load_config
-    from raylab.data.clips import tile_clips
-    from raylab.data.stream import clip_table
+    from raylab.data.stream import tiling_videos
     from raylab.loop import open_run
     from raylab.models.detector import Detector
+    from raylab.score import missing_ranges
     from raylab.train import MODEL_FILE, save_detector
 
     wall, load_before = time.perf_counter(), os.getloadavg()
@@ -221,18 +220,20 @@ def main() -> None:
         base = load_config("pipelines/asl_synth.yaml", [
             *synth, "labels.init_fraction=0.0001", f"score.trials={args.trials}",
             f"ray.decode_num_cpus={args.decode_cpus}", "clips.clips_per_task=16"])
-        data, _ = open_run(base, Path(tmp) / "score_run")
+        data, labels = open_run(base, Path(tmp) / "score_run")
         torch.manual_seed(0)
         checkpoint = Path(tmp) / MODEL_FILE
         save_detector(checkpoint, Detector(base.detector, len(data.classes)))
         c = base.clips
-        tiling = clip_table(tile_clips(data.train, c.length, c.stride), data.index, data.root)
-        table = pa.concat_tables([tiling] * args.passes)
+        videos = tiling_videos(data.train, data.root, labels.labelled_frames(), c.length, c.stride)
+        ranges = missing_ranges(int(videos["first_clip"][-1]), c.clips_per_task, []) * args.passes
+        shards = Path(tmp) / "shards"
+        shards.mkdir()
         for r in range(args.repeats):
             for n in actors:
                 cfg = replace(base, score=replace(base.score, actors=n, cpus_per_actor=score_cpus[n]))
                 with OtherLoad() as load:
-                    out = scoring_run(table, checkpoint, cfg)
+                    out = scoring_run(videos, ranges, checkpoint, cfg, shards)
                 out["other_load"] = load.share
                 scoring[n].append(out)
                 print(f"scoring  actors={n} cpus_per_actor={score_cpus[n]:g} run={r}: "

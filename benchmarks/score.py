@@ -24,11 +24,11 @@ import torch
 
 from raylab.config import load_config
 from raylab.data.clips import tile_clips
-from raylab.data.stream import clip_dataset, clip_table, decode_clips, init_ray
+from raylab.data.stream import clip_table, decode_clips, init_ray, tile_dataset, tiling_videos
 from raylab.loop import open_run
 from raylab.models.detector import Detector, clips_to_tensor
 from raylab.models.mc import enable_mc_dropout, mc_forward, mc_forward_full
-from raylab.score import MCScorer, score_dataset
+from raylab.score import MCScorer, missing_ranges, score_dataset
 from raylab.train import MODEL_FILE, save_detector
 
 
@@ -46,30 +46,33 @@ def shared_vs_full(model, batches: list[dict], trials: int) -> dict:
     return out
 
 
-def plain_loop(table, checkpoint: Path, cfg) -> float:
+def plain_loop(table, checkpoint: Path, cfg, out: Path) -> float:
     """Frames/s of decoding and scoring every clip in this process (torch with 2 threads)."""
     torch.set_num_threads(2)
-    scorer = MCScorer(str(checkpoint), cfg.score.trials, cfg.score.tau)
-    size, b = (cfg.clips.height, cfg.clips.width), cfg.clips.batch_size
+    c = cfg.clips
+    scorer = MCScorer(str(checkpoint), cfg.score.trials, cfg.score.tau, str(out), c.batch_size,
+                      c.clips_per_task)
+    size, b = (c.height, c.width), c.batch_size
     start, frames = time.perf_counter(), 0
     for i in range(0, table.num_rows, b):
-        frames += len(scorer(decode_clips(table.slice(i, b), size, cfg.labels.sigma))["frame"])
+        frames += len(scorer.score(decode_clips(table.slice(i, b), size, cfg.labels.sigma))["frame"])
     return frames / (time.perf_counter() - start)
 
 
-def pool(table, checkpoint: Path, cfg) -> float:
-    """Frames/s of the Ray Data decode + actor pool pipeline, consumed by this driver.
+def pool(videos: dict, clips: int, checkpoint: Path, cfg, out: Path) -> float:
+    """Frames/s of the Ray Data decode + actor pool pipeline of `raylab score` (shards written to
+    `out`), over the first `clips` clips of the dense tiling.
 
-    Timed from the first scored batch on: each dataset starts its own actors (loading torch and the
+    Timed from the first scored block on: each dataset starts its own actors (loading torch and the
     model), a one-off cost the plain loop also pays outside its timing.
     """
     c = cfg.clips
-    clips = clip_dataset(table, (c.height, c.width), cfg.labels.sigma, clips_per_task=c.clips_per_task,
-                         num_cpus=cfg.ray.decode_num_cpus)
-    batches = iter(score_dataset(clips, checkpoint, cfg).iter_batches(batch_size=None))
-    next(batches)
+    ranges = missing_ranges(clips, c.clips_per_task, [])
+    data = tile_dataset(videos, ranges, (c.height, c.width), num_cpus=cfg.ray.decode_num_cpus)
+    records = iter(score_dataset(data, checkpoint, cfg, out).iter_batches(batch_size=None))
+    next(records)
     start = time.perf_counter()
-    frames = sum(len(b["frame"]) for b in batches)
+    frames = sum(int(r["frames"].sum()) for r in records)
     return frames / (time.perf_counter() - start)
 
 
@@ -97,12 +100,14 @@ def main() -> None:
                    for i in range(0, table.num_rows, c.batch_size)]
 
         mc = shared_vs_full(enable_mc_dropout(model), batches, args.trials)
-        plain = plain_loop(table, checkpoint, cfg)
+        plain = plain_loop(table, checkpoint, cfg, Path(tmp))
         init_ray(num_cpus=2)
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        pooled = pool(table, checkpoint, cfg)
+        videos = tiling_videos(train, root, store.labelled_frames(), c.length, c.stride)
+        (Path(tmp) / "shards").mkdir()
+        pooled = pool(videos, table.num_rows, checkpoint, cfg, Path(tmp) / "shards")
     print(json.dumps({
         "shared_vs_full_ratio": round(mc["shared"] / mc["full"], 3),
         "pool_vs_plain_ratio": round(pooled / plain, 3),

@@ -146,7 +146,8 @@ class MCScorer:
         from raylab.models.mc import mc_forward
 
         with torch.no_grad():
-            fg_probs, _ = mc_forward(self.model, clips_to_tensor(batch["clip"], self.device), self.trials,
+            clips = np.array(batch["clip"])  # a writable copy: Ray hands the block's arrays read-only
+            fg_probs, _ = mc_forward(self.model, clips_to_tensor(clips, self.device), self.trials,
                                      seed=clip_seeds(batch["video_id"], batch["frames"]))
         return frame_rows(batch, fg_probs.float().cpu().numpy(), self.tau)
 
