@@ -105,6 +105,7 @@ def one_size(args) -> dict:
     start = time.perf_counter()
     out = score_cycle(cfg, data, store, 0)
     score_s = time.perf_counter() - start
+    scoring_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = json.loads((out / SUMMARY_FILE).read_text())
     start = time.perf_counter()
     select_step(cfg, data, store, 0)
@@ -114,6 +115,7 @@ def one_size(args) -> dict:
     ray.shutdown()
     return {"frames_per_s": round(summary["frames_per_s"], 1),
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "driver_peak_rss_scoring_mb": round(scoring_rss, 1),
             "actor_peak_rss_mb": round(summary["actor_peak_rss_mb"], 1),
             "shards": len(shards), "shard_mb": round(sum(p.stat().st_size for p in shards) / 2**20, 2),
             "select_s": round(select_s, 2), "frames": summary["frames_scored"], "clips": summary["clips"],

@@ -316,10 +316,9 @@ def read_score_columns(folder: Path, columns=("video_id", "frame", "uncertainty"
     no Python string per row."""
     import pyarrow.dataset as ds
 
-    table = ds.dataset(str(folder), format="parquet").to_table(columns=list(columns))
-    if "video_id" in table.column_names:
-        i = table.column_names.index("video_id")
-        table = table.set_column(i, "video_id", table.column("video_id").dictionary_encode())
+    # video ids straight from each shard's dictionary pages: never a string per row
+    parquet = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns={"video_id"}))
+    table = ds.dataset(str(folder), format=parquet).to_table(columns=list(columns))
     for name in ("uncertainty", "entropy", "fg_fraction"):
         if name in table.column_names:
             i = table.column_names.index(name)

@@ -88,8 +88,8 @@ def test_selection_from_the_columnar_table_equals_selection_from_pandas(tmp_path
     labelled = pd.DataFrame({"video_id": ["v3", "v3", "v7"], "frame": [2, 9, 0]})
     order = rng.permutation(vid.size)  # shards in any order
     for i, part in enumerate(np.array_split(order, 4)):
-        write_shard(tmp_path, i * 10, i * 10 + 10, {"video_id": vid[part].astype(object), "frame": frame[part],
-                                                    "uncertainty": u[part]})
+        rows = {"video_id": vid[part].astype(object), "frame": frame[part], "uncertainty": u[part]}
+        write_shard(tmp_path, i * 10, i * 10 + 10, rows)
     columns = read_score_columns(tmp_path)
     frame_of_pandas = pd.DataFrame({"video_id": vid, "frame": frame, "uncertainty": u})
     for strategy in ("apu-global", "uncertainty"):
@@ -121,13 +121,14 @@ def test_tasks_make_the_clips_of_the_dense_tiling(scored_run):
     tiles = tile_clips(data.train, c.length, c.stride)
     table = clip_table(tiles, data.index, data.root, None)
     start, stop = 5, 5 + 3 * int(videos["first_clip"][1])  # from video 0 into video 2 or beyond
-    got = decode_tiles(pa.table({"clip_start": [start], "clip_stop": [stop]}), videos, (c.height, c.width))
+    got = decode_tiles(pa.table({"id": [1]}), np.array([[0, 4], [start, stop]]), videos, (c.height, c.width))
     want = decode_clips(table.slice(start, stop - start), (c.height, c.width), cfg.labels.sigma)
     assert got["clip_index"].tolist() == list(range(start, stop))
     assert len(set(got["video_id"])) >= 3 and got["video_id"].tolist() == want["video_id"].tolist()
     for key in ("frames", "owned", "clip"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    annotated = [[int(f) in set(labelled.get(v, [])) for f in fr] for v, fr in zip(got["video_id"], got["frames"])]
+    annotated = [[int(f) in set(labelled.get(v, [])) for f in frames]
+                 for v, frames in zip(got["video_id"], got["frames"])]
     assert got["annotated"].tolist() == annotated and got["annotated"].any()
 
 

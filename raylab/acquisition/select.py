@@ -55,8 +55,8 @@ class FramePool:
     num_frames: np.ndarray  # int64 [V]
     video: np.ndarray  # int64 [M]
     frame: np.ndarray  # int64 [M]
-    uncertainty: np.ndarray  # float64 [M]
-    entropy: np.ndarray | None  # float64 [M]
+    uncertainty: np.ndarray  # float32 or float64 [M], as the score table holds it
+    entropy: np.ndarray | None  # float32 or float64 [M]
     starts: np.ndarray  # int64 [V + 1]
     annotated: list[np.ndarray]  # V arrays
     annotated_flat: tuple[np.ndarray, np.ndarray]  # (video [L], frame [L]) sorted by (video, frame)
@@ -347,6 +347,12 @@ def _columns(table, name: str, required: tuple[str, ...], ids: pd.Index) -> dict
     return cols
 
 
+def _floats(values) -> np.ndarray:
+    """float32 or float64 scores as they are; anything else as float64."""
+    values = np.asarray(values)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+
+
 def _positions(video_ids: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
     """int64 [R] position of each video id in `ids`, -1 where absent; a dictionary chunk is looked up
     once per dictionary entry."""
@@ -389,38 +395,46 @@ def build_pool(scores, labelled, num_frames: Mapping, need_entropy: bool = False
     cols = ("video_id", "frame", "uncertainty") + (("entropy",) if need_entropy else ())
     sc = _columns(scores, "scores", cols, ids)
     video, frame = _locate(sc, "scores", ids, nf)
-    u = sc["uncertainty"].astype(np.float64)
+    u = _floats(sc.pop("uncertainty"))  # float32 scores stay float32: a pool of 1M frames costs 4 MB
     if not np.isfinite(u).all():
         raise ValueError("scores: uncertainty has NaN or infinite values")
+    ent = _floats(sc.pop("entropy")) if "entropy" in sc else None
+    del sc  # arrays of the pool's size are kept once, here on
     stride = int(nf.max(initial=1))
     key = video * stride + frame
-    sort = np.arange(key.size) if (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
-    key, video, frame, u = key[sort], video[sort], frame[sort], u[sort]
-    if key.size and (np.diff(key) == 0).any():
-        r = int(np.flatnonzero(np.diff(key) == 0)[0])
+    step = np.diff(key)
+    if (step <= 0).any():  # shards come in clip order, which is (video, frame) order for stride 1
+        sort = np.argsort(key, kind="stable")
+        key, video, frame, u = key[sort], video[sort], frame[sort], u[sort]
+        ent = None if ent is None else ent[sort]
+        step = np.diff(key)
+    if (step == 0).any():
+        r = int(np.flatnonzero(step == 0)[0])
         raise ValueError(f"scores: video {ids[video[r]]!r} frame {frame[r]} appears more than once")
+    del step
     lv, lf = _locate(_columns(labelled, "labelled", ("video_id", "frame"), ids), "labelled", ids, nf)
     lab_key = np.unique(lv * stride + lf)
     lv, lf = lab_key // stride, lab_key % stride
     pos = np.clip(np.searchsorted(lab_key, key), 0, max(lab_key.size - 1, 0))
     cand = ~(lab_key[pos] == key) if lab_key.size else np.ones(key.size, dtype=bool)
-    ent = None
-    if "entropy" in sc:
-        ent = sc["entropy"].astype(np.float64)[sort][cand]
-        if need_entropy and not np.isfinite(ent).all():
-            raise ValueError("scores: entropy has NaN or infinite values")
+    del key, pos
+    if ent is not None and need_entropy and not np.isfinite(ent[cand]).all():
+        raise ValueError("scores: entropy has NaN or infinite values")
     v_all = np.arange(ids.size)
     u_sum = np.bincount(video, weights=u, minlength=ids.size)
     n_scored = np.bincount(video, minlength=ids.size)
     lab_starts = np.searchsorted(lv, np.arange(ids.size + 1))
+    if not cand.all():  # labelled frames among the scored ones: keep the candidates only
+        video, frame, u = video[cand], frame[cand], u[cand]
+        ent = None if ent is None else ent[cand]
     return FramePool(
         video_ids=ids,
         num_frames=nf,
-        video=video[cand],
-        frame=frame[cand],
-        uncertainty=u[cand],
+        video=video,
+        frame=frame,
+        uncertainty=u,
         entropy=ent,
-        starts=np.searchsorted(video[cand], np.arange(ids.size + 1)).astype(np.int64),
+        starts=np.searchsorted(video, np.arange(ids.size + 1)).astype(np.int64),
         annotated=[lf[lab_starts[v] : lab_starts[v + 1]] for v in v_all],
         annotated_flat=(lv, lf),
         mean_uncertainty=np.where(n_scored > 0, u_sum / np.maximum(n_scored, 1), np.nan),
