@@ -163,7 +163,9 @@ def test_every_frame_is_scored_once_and_neither_pool_size_nor_process_changes_sc
     assert one["uncertainty"].between(0, 1).all() and one["uncertainty"].std() > 0
     assert len(list((run / "scores" / "cycle=0").glob("*.parquet"))) == 9  # one shard per block
 
-    pool_of_two = replace(cfg, score=replace(cfg.score, actors=2, cpus_per_actor=0.5))
+    # two actors holding 1.5 of the 2 CPUs: decode tasks must run in the half CPU left
+    pool_of_two = replace(cfg, score=replace(cfg.score, actors=2, cpus_per_actor=0.75),
+                          ray=replace(cfg.ray, decode_num_cpus=0.5))
     two = read_scores(score_cycle(pool_of_two, data, store, 0))
     pd.testing.assert_frame_equal(one, two)
 

@@ -211,9 +211,13 @@ def tile_dataset(videos: dict[str, np.ndarray], ranges: list[tuple[int, int]], s
         source = dataset_from_blocks([pa.table({"id": [i]}) for i in range(len(ranges))], in_process=True)
     else:
         import ray.data
+        from ray.data._internal.datasource.range_datasource import RangeDatasource
 
         ray.data.DataContext.get_current().op_resource_reservation_enabled = False  # see dataset_from_blocks
-        source = ray.data.range(len(ranges), override_num_blocks=len(ranges))
+        # `ray.data.range` with the decode tasks' CPUs: its read tasks (1 CPU by default) would neither fuse
+        # with the decode step nor find a whole CPU free beside the scoring actors, and scoring would stall
+        numbers = RangeDatasource(len(ranges), block_format="arrow", column_name="id")
+        source = ray.data.read_datasource(numbers, num_cpus=num_cpus, override_num_blocks=len(ranges))
     return source.map_batches(decode_tiles, batch_size=None, batch_format="pyarrow", fn_kwargs=kwargs,
                               num_cpus=num_cpus)
 
