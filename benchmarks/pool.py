@@ -13,8 +13,12 @@ MC-dropout trials. For each size, in a process of its own (so that its peak memo
    (`score.read_score_columns`). select_s is its wall time, the read included.
 
 driver_peak_rss_mb is the size's driver process peak RSS (ru_maxrss: Ray, torch, the index, the score
-arrays selection reads); actor_peak_rss_mb the largest scoring actor's. rss_ratio and throughput_ratio
-compare the largest size with the smallest. Last line of output: JSON
+arrays selection reads; driver_peak_rss_scoring_mb the same before selection); actor_peak_rss_mb the
+largest scoring actor's peak RSS, which counts the pages of Ray's shared object store the actor has
+touched, and actor_anon_rss_mb its largest anonymous RSS seen at the end of a call (what it holds).
+rss_ratio and throughput_ratio compare the largest size with the smallest. other_load is the share of
+the machine's CPU time that processes outside the benchmark used while a size was scored
+(benchmarks/scale.py's OtherLoad: 0.25 is half a core of 2). Last line of output: JSON
 {"sizes": {"100000": {...}, "800000": {...}}, "rss_ratio", "throughput_ratio", ...}.
 
     python -m benchmarks.pool                          # 100k and 800k frames: about 15 minutes on 2 cores
@@ -71,6 +75,7 @@ def one_size(args) -> dict:
     import ray.data
     import torch
 
+    from benchmarks.scale import OtherLoad
     from raylab.asl import initial_requests, select_step
     from raylab.config import load_config
     from raylab.data.labels import LabelStore
@@ -103,7 +108,8 @@ def one_size(args) -> dict:
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     start = time.perf_counter()
-    out = score_cycle(cfg, data, store, 0)
+    with OtherLoad() as load:
+        out = score_cycle(cfg, data, store, 0)
     score_s = time.perf_counter() - start
     scoring_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = json.loads((out / SUMMARY_FILE).read_text())
@@ -117,10 +123,11 @@ def one_size(args) -> dict:
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "driver_peak_rss_scoring_mb": round(scoring_rss, 1),
             "actor_peak_rss_mb": round(summary["actor_peak_rss_mb"], 1),
+            "actor_anon_rss_mb": round(summary["actor_anon_rss_mb"], 1),
             "shards": len(shards), "shard_mb": round(sum(p.stat().st_size for p in shards) / 2**20, 2),
             "select_s": round(select_s, 2), "frames": summary["frames_scored"], "clips": summary["clips"],
             "score_s": round(score_s, 1), "first_shard_s": round(summary["first_shard_s"], 1),
-            "selected": len(picked), "videos": len(index)}
+            "selected": len(picked), "videos": len(index), "other_load": round(load.share, 3)}
 
 
 def main() -> None:

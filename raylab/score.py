@@ -164,7 +164,18 @@ class MCScorer:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         cols = np.array(records, dtype=np.int64).reshape(-1, 4)
         return {"clip_start": cols[:, 0], "clip_stop": cols[:, 1], "frames": cols[:, 2], "bytes": cols[:, 3],
-                "peak_rss_mb": np.full(len(records), peak)}
+                "peak_rss_mb": np.full(len(records), peak), "anon_rss_mb": np.full(len(records), _anon_mb())}
+
+
+def _anon_mb() -> float:
+    """This process's anonymous resident memory now (MB; NaN off Linux). Unlike the peak RSS it leaves
+    out the pages of Ray's shared object store that the process has touched, which grow with the data
+    that went through it whether or not anything is kept."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def _runs(clip_index: np.ndarray, block: int) -> list[tuple[int, int]]:
@@ -249,7 +260,7 @@ def _consume(records, total_clips: int) -> dict:
     start = time.perf_counter()
     first = None
     clips = frames = after_first = shards = 0
-    peak = 0.0
+    peak = anon = 0.0
     for rec in records:
         now = time.perf_counter()
         n_frames = int(rec["frames"].sum())
@@ -261,12 +272,13 @@ def _consume(records, total_clips: int) -> dict:
         frames += n_frames
         shards += len(rec["frames"])
         peak = max(peak, float(rec["peak_rss_mb"].max(initial=0.0)))
+        anon = max(anon, float(np.nanmax(rec["anon_rss_mb"], initial=0.0)))
         log.debug("scored clips %d of %d", clips, total_clips)
     end = time.perf_counter()
     steady = after_first / (end - first) if first is not None and end > first else None
     return {"clips_scored": clips, "frames_scored": frames, "shards_written": shards,
             "seconds": end - start, "first_shard_s": None if first is None else first - start,
-            "frames_per_s": steady, "actor_peak_rss_mb": peak}
+            "frames_per_s": steady, "actor_peak_rss_mb": peak, "actor_anon_rss_mb": anon}
 
 
 def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
