@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	for b in decode select eval_stad score train scale; do $(PY) -m benchmarks.$$b | tail -n 1; done
+	for b in decode select eval_stad score train scale pool; do $(PY) -m benchmarks.$$b | tail -n 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
