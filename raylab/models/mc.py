@@ -6,8 +6,9 @@ tests compare it with. With the same `seed` both draw the same dropout masks and
 
 `seed` takes one int (trial i draws the whole batch's masks from seed + i, through torch's RNG) or one
 int per sample (`per_sample_seeds`): then sample b's mask in trial i comes from a generator of its own,
-seeded by (seeds[b], i, call), and is drawn on the CPU, so a clip gets the same masks in any batch, on
-any device, in a pool of any size or order. Scoring uses the latter (raylab/score.py).
+seeded by (seeds[b], i, call), so a clip gets the same masks in any batch, in a pool of any size or
+order (on one kind of device: CPU and CUDA generators draw different streams). Scoring uses the latter
+(raylab/score.py).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def per_sample_seeds(model: nn.Module, seeds: Sequence[int], trial: int):
     inputs, like the localizer's per level, gets a mask per call), instead of from torch's global RNG.
 
     The dropout modules are switched to eval (identity) and a forward hook applies the masks, inverted
-    dropout as torch does it: kept values are scaled by 1 / (1 - p). Masks are drawn on the CPU and
-    moved to the input's device. Supports Dropout and Dropout1d/2d/3d (one value per channel).
+    dropout as torch does it: kept values are scaled by 1 / (1 - p). Masks are drawn on the input's
+    device (a generator per sample there). Supports Dropout and Dropout1d/2d/3d (one value per channel).
     """
     seeds = [int(s) for s in seeds]
     calls = [0]
@@ -71,13 +72,13 @@ def per_sample_seeds(model: nn.Module, seeds: Sequence[int], trial: int):
         if isinstance(module, _CHANNEL_DROPOUT):
             shape = shape[:1] + (1,) * (len(shape) - 1)
         keep = 1.0 - module.p
-        masks = torch.empty((len(seeds), *shape))
+        masks = torch.empty((len(seeds), *shape), device=output.device)
         for b, s in enumerate(seeds):
-            g = torch.Generator().manual_seed(_mix(s, trial, calls[0]))
+            g = torch.Generator(device=output.device).manual_seed(_mix(s, trial, calls[0]))
             masks[b].bernoulli_(keep, generator=g)
         calls[0] += 1
         scale = masks.div_(keep) if keep > 0 else masks
-        return output * scale.to(device=output.device, dtype=output.dtype)
+        return output * scale.to(dtype=output.dtype)
 
     modules = [m for m in model.modules() if isinstance(m, _DROPOUT)]
     unsupported = [type(m).__name__ for m in modules if type(m) not in (nn.Dropout, *_CHANNEL_DROPOUT)]
