@@ -21,7 +21,7 @@ import pandas as pd
 
 from raylab.config import Config
 from raylab.data.annotations import load_dataset
-from raylab.data.clips import annotated_clips
+from raylab.data.clips import annotated_clips, video_clips
 from raylab.data.labels import LabelStore
 from raylab.data.stream import clip_dataset, clip_table, init_ray, quiet_per_epoch
 from raylab.data.targets import group_labels
@@ -44,12 +44,16 @@ TABLE_METRICS = (("frame_map@0.5", "f-mAP@0.5"), ("video_map@0.2", "v-mAP@0.2"),
 
 
 def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """A uniformly random `fraction` of all frames of the videos in `index` (at least one frame)."""
-    offsets = np.concatenate([[0], np.cumsum(index["num_frames"].to_numpy())])
-    count = max(1, int(round(fraction * offsets[-1])))
-    picks = np.sort(np.random.default_rng(seed).choice(offsets[-1], count, replace=False))
-    video = np.searchsorted(offsets, picks, side="right") - 1
-    return pd.DataFrame({"video_id": index["video_id"].to_numpy()[video], "frame": picks - offsets[video]})
+    """The initial frames (ASL Sec. 4): `fraction` of the frames of each video of `index`, rounded, at
+    least one, drawn uniformly at random within the video, so that every video starts with a label."""
+    rng = np.random.default_rng(seed)
+    videos, frames = [], []
+    for video_id, n in zip(index["video_id"], index["num_frames"]):
+        count = min(int(n), max(1, int(round(fraction * int(n)))))
+        frames.append(np.sort(rng.choice(int(n), count, replace=False)))
+        videos.append(np.repeat(video_id, count))
+    return pd.DataFrame({"video_id": np.concatenate(videos) if videos else np.array([], dtype=object),
+                         "frame": np.concatenate(frames).astype(np.int64) if frames else np.array([], np.int64)})
 
 
 def prepare(cfg: Config) -> Path:
@@ -85,12 +89,22 @@ def clip_stream(cfg: Config, clips: pd.DataFrame, root: Path, index: pd.DataFram
                         c.clips_per_task, cfg.ray.decode_num_cpus, cfg.ray.in_process)
 
 
-def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
-    """The Ray Data clip stream of a cycle: clips around every labelled frame, in a seeded random order."""
+def training_clips(cfg: Config, train: pd.DataFrame, labelled: dict, cycle: int) -> pd.DataFrame:
+    """A cycle's training clips, in a seeded random order: clips around the labelled frames (every one
+    in a clip) and `clips.video_clips` clips anywhere in every training video, which carry its class
+    label to the classifier whether or not they hold a labelled frame (their localisation loss is
+    weighted by MGW as any clip's: 0 far from every label)."""
     c = cfg.clips
-    clips = annotated_clips(data.train, store.labelled_frames(), c.length, c.stride, c.clips_per_annotation,
-                            seed=cfg.seed + cycle)
-    clips = clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
+    clips = pd.concat([
+        annotated_clips(train, labelled, c.length, c.stride, c.clips_per_annotation, seed=cfg.seed + cycle,
+                        cover=c.cover),
+        video_clips(train, c.video_clips, c.length, c.stride, seed=cfg.seed + cycle + 1)])
+    return clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
+
+
+def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
+    """The Ray Data clip stream of a cycle (`training_clips`)."""
+    clips = training_clips(cfg, data.train, store.labelled_frames(), cycle)
     return quiet_per_epoch(clip_stream(cfg, clips, data.root, data.index, store))
 
 
@@ -105,21 +119,29 @@ def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
 
 
 def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
-    """frame-/video-mAP of the cycle's detector on the test split (ACT protocol) -> metrics/cycle=K.json."""
-    from raylab.eval.predict import predict_dataset
+    """frame-/video-mAP of the cycle's detector on the test split (ACT protocol) -> metrics/cycle=K.json.
+
+    The actionness threshold below which a frame gets no detection is set first, on the labelled
+    training frames (never on the test split), and recorded with the metrics."""
+    from raylab.eval.predict import calibrate_detector, predict_dataset, video_accuracy
     from raylab.eval.stad import evaluate_stad
     from raylab.train import MODEL_FILE, load_detector
 
     test = data.index[data.index["split"] == "test"].reset_index(drop=True)
     checkpoint = data.paths.checkpoint_dir(cycle)
-    doc = predict_dataset(load_detector(checkpoint / MODEL_FILE), test,
-                          data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes, data.root,
-                          cfg.clips.length, (cfg.clips.height, cfg.clips.width), batch=cfg.clips.batch_size)
+    model = load_detector(checkpoint / MODEL_FILE)
+    c = cfg.clips
+    size = (c.height, c.width)
+    threshold = calibrate_detector(model, data.train, store.to_pandas(), data.root, c.length, size,
+                                   batch=c.batch_size)
+    doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
+                          data.root, c.length, size, batch=c.batch_size, min_actionness=threshold)
     metrics = evaluate_stad(doc)
     history = checkpoint / "history.jsonl"
     record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
               "labelled_frames": len(store), "cost": store.cost(),
               "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
+              "video_accuracy": video_accuracy(doc, test), "actionness_threshold": threshold,
               "train_history": [json.loads(line) for line in history.read_text().splitlines()]
               if history.is_file() else []}
     write_atomic(data.paths.cycle_metrics(cycle), json.dumps(record) + "\n")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raylab.data.clips import annotated_clips, tile_clips, tile_video
+from raylab.data.clips import annotated_clips, tile_clips, tile_video, video_clips
 
 
 @pytest.mark.parametrize("num_frames", [1, 3, 7, 8, 9, 16, 23])
@@ -50,3 +50,27 @@ def test_annotated_clips_are_deterministic_in_the_seed():
     one = annotated_clips(index, labelled, 8, 1, seed=3)["start"].tolist()
     assert one == annotated_clips(index, labelled, 8, 1, seed=3)["start"].tolist()
     assert one != annotated_clips(index, labelled, 8, 1, seed=4)["start"].tolist()
+
+
+def test_cover_puts_every_annotated_frame_in_a_clip_without_one_clip_per_frame():
+    index = pd.DataFrame({"video_id": ["a", "b"], "num_frames": [100, 6]})
+    labelled = {"a": np.arange(100), "b": np.array([1, 4])}
+    clips = annotated_clips(index, labelled, length=8, stride=1, seed=0, cover=True)
+    for video, frames in labelled.items():
+        held = np.concatenate(clips.loc[clips["video_id"] == video, "frames"].tolist())
+        assert set(frames) <= set(held)
+    assert len(clips[clips["video_id"] == "a"]) < 100 / 8 * 2.5  # not 100 clips, one per frame
+    assert len(annotated_clips(index, labelled, 8, 1, seed=0)) == 102  # without cover: one per frame
+    twice = annotated_clips(index, labelled, 8, 1, per_annotation=2, seed=0, cover=True)
+    held = np.concatenate(twice.loc[twice["video_id"] == "a", "frames"].tolist())
+    assert np.bincount(held, minlength=100).min() >= 2
+
+
+def test_video_clips_cover_every_video_whatever_its_labels():
+    index = pd.DataFrame({"video_id": ["a", "b", "c"], "num_frames": [30, 8, 3]})
+    clips = video_clips(index, per_video=3, length=8, stride=1, seed=0)
+    assert clips.groupby("video_id").size().to_dict() == {"a": 3, "b": 3, "c": 3}
+    for video, frames in zip(clips["video_id"], clips["frames"]):
+        n = int(index.set_index("video_id").loc[video, "num_frames"])
+        assert len(frames) == 8 and frames.max() < n
+    assert not clips["start"].equals(video_clips(index, 3, 8, 1, seed=1)["start"])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raylab.asl import cycle_budget
+from raylab.asl import cycle_budget, initial_requests
 from raylab.config import load_config
 from raylab.data.labels import LabelStore
 from raylab.loop import config_differences, open_run, stop_reason
@@ -55,6 +55,18 @@ def test_metric_value_reads_family_at_threshold():
     assert metric_value(record, "frame_map@0.75") is None
 
 
+def test_initial_frames_are_a_share_of_each_video_at_least_one():
+    index = pd.DataFrame({"video_id": ["a", "b", "c"], "num_frames": [200, 40, 3]})
+    picks = initial_requests(index, 0.05, seed=0)
+    assert picks.groupby("video_id").size().to_dict() == {"a": 10, "b": 2, "c": 1}
+    assert not picks.duplicated().any() and (picks["frame"] >= 0).all()
+    assert all(picks.loc[picks["video_id"] == v, "frame"].max() < n for v, n in zip(index["video_id"],
+                                                                                   index["num_frames"]))
+    other = initial_requests(index, 0.05, seed=1)
+    assert not picks.equals(other)  # drawn at random within each video
+    assert initial_requests(index, 1.0, seed=0).groupby("video_id").size().tolist() == [200, 40, 3]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     return open_tiny_run(tmp_path_factory, SMOKE)
@@ -62,8 +74,10 @@ def tiny_run(tmp_path_factory):
 
 def test_open_run_labels_the_initial_fraction_once_and_refuses_another_config(tiny_run):
     cfg, run, data, store = tiny_run
-    total = int(data.train["num_frames"].sum())
-    assert store.cycles() == [0] and len(store) == round(cfg.labels.init_fraction * total)
+    per_video = store.to_pandas().groupby("video_id").size()
+    expected = {v: max(1, round(cfg.labels.init_fraction * n)) for v, n in zip(data.train["video_id"],
+                                                                              data.train["num_frames"])}
+    assert store.cycles() == [0] and per_video.to_dict() == expected  # I% of every training video
     state = read_state(run)
     assert state["step"] is None and len(state["run_id"]) == 32
     _, again = open_run(cfg, run)  # a second open appends nothing and keeps the run id

@@ -3,6 +3,7 @@
 
 Two samplings:
 - `annotated_clips`: for training, clips that contain an annotated frame at a random position.
+- `video_clips`: for training the classifier, clips anywhere in every video (its class is known).
 - `tile_clips`: for scoring and evaluation, a dense tiling in which every frame of a video is owned by
   exactly one clip (`owned`), overlaps at the end resolved in favour of the earlier clip.
 """
@@ -86,23 +87,46 @@ def annotated_clips(
     stride: int,
     per_annotation: int = 1,
     seed: int = 0,
+    cover: bool = False,
 ) -> pd.DataFrame:
     """Training clips: `per_annotation` clips around each annotated frame, the frame at a random slot.
 
     The slot is drawn among those that keep the clip inside the video (any slot when the video is
     shorter than the clip span). Videos without annotation give no clip. Deterministic in `seed`.
+
+    With `cover`, a video's annotated frames are visited in a random order and a frame already held by
+    `per_annotation` earlier clips of its video gets no more: every annotated frame is still in a clip,
+    but densely labelled videos are not cut into `length` clips per frame (at 100% labels, about
+    `length` times fewer clips, each supervising all of its frames).
     """
     rng = np.random.default_rng(seed)
     rows = []
     for video_id, n in zip(index["video_id"], index["num_frames"]):
         n = int(n)
-        for a in np.asarray(labelled.get(video_id, ()), dtype=np.int64):
+        annotated = np.asarray(labelled.get(video_id, ()), dtype=np.int64)
+        held = np.zeros(n, dtype=np.int64)  # clips holding each frame (cover)
+        for a in (rng.permutation(annotated) if cover else annotated):
             # slots k with a - k*stride >= 0 and a + (length-1-k)*stride <= n-1
             k_max = min(length - 1, int(a) // stride)
             k_min = max(0, -(-(int(a) + (length - 1) * stride - (n - 1)) // stride))
-            for _ in range(per_annotation):
+            for _ in range(per_annotation - (int(held[a]) if cover else 0)):
                 k = int(rng.integers(k_min, k_max + 1)) if k_min <= k_max else k_max
                 start = int(a) - k * stride
                 frames = clip_frames(start, length, stride, n)
+                held[np.unique(frames)] += 1
                 rows.append((video_id, start, frames, np.ones(length, dtype=bool)))
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS)
+
+
+def video_clips(index: pd.DataFrame, per_video: int, length: int, stride: int, seed: int = 0) -> pd.DataFrame:
+    """`per_video` clips of every video of `index` at uniformly random starts (labelled frames or not):
+    what teaches the classifier each video's class, which ASL knows for every video."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for video_id, n in zip(index["video_id"], index["num_frames"]):
+        n = int(n)
+        last = max(n - 1 - (length - 1) * stride, 0)
+        for start in rng.integers(0, last + 1, size=per_video):
+            rows.append((video_id, int(start), clip_frames(int(start), length, stride, n),
+                         np.ones(length, dtype=bool)))
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
