@@ -123,13 +123,31 @@ def test_apu_local_budget_split():
     assert [v for v, _ in picks(short)[:4]] == ["a", "b", "b", "b"]
 
 
-def test_equidistant_split_and_positions():
+def test_equidistant_fills_the_largest_gaps():
+    # v0: n 5, labelled 0 -> gap (0, 5) size 5; v1: labelled 2 -> gaps (-1, 2) 3, (2, 5) 3; v2: none -> (-1, 5) 6
     out = select_frames(score_table(U3), LAB3, NF3, budget=5, strategy="equidistant")
-    # candidates 4, 4, 5 (13): quotas 1.54, 1.54, 1.92 -> 1, 1, 1 + remainders to v2 then v0 (earlier)
-    # v0 candidates [1, 2, 3, 4], k = 2 -> ranks floor(0.5 * 2), floor(1.5 * 2) = 1, 3 -> frames 2, 4
-    assert picks(out) == [("v0", 2), ("v0", 4), ("v1", 3), ("v2", 1), ("v2", 3)]
+    # v2 mid 2; then v0 (0,5) mid 2.5 -> 2 (lower); then the size-3 gaps in video order: v0 (2,5) -> 3,
+    # v1 (-1,2) -> 0 (nearest 0.5, lower), v1 (2,5) -> 3
+    assert picks(out) == [("v2", 2), ("v0", 2), ("v0", 3), ("v1", 0), ("v1", 3)]
+    assert out["score"].isna().all()
     long = select_frames(score_table({"v": [0.0] * 100}), None, {"v": 100}, 4, "equidistant")
-    assert long["frame"].tolist() == [12, 37, 62, 87]
+    assert long["frame"].tolist() == [49, 74, 24, 87]
+
+
+def test_equidistant_over_cycles_spreads_away_from_earlier_labels():
+    """4 cycles of 2 picks in a 100-frame video: every new pick is far from all earlier labels."""
+    labelled: list[tuple[str, int]] = []
+    for _ in range(4):
+        out = select_frames(score_table({"v": [0.0] * 100}), labels(*labelled) if labelled else None,
+                            {"v": 100}, 2, "equidistant")
+        before = [f for _, f in labelled]
+        for f in out["frame"]:
+            if before:
+                assert min(abs(f - b) for b in before) >= 6, (f, before)
+            before.append(int(f))
+        labelled += picks(out)
+    frames = sorted(f for _, f in labelled)
+    assert max(np.diff([-1, *frames, 100])) <= 2 * min(np.diff([-1, *frames, 100])) + 1  # an even spread
 
 
 def test_uncertainty_top_u_with_ties():

@@ -11,7 +11,7 @@ Strategies (`STRATEGIES`, add your own with `register_strategy`):
     apu-global   greedy max APU score S over all videos, D re-computed after every pick (exact).
     apu-local    ⌊b / N_v⌋ greedy APU picks per video, the rest by apu-global.
     random       uniform over candidates (numpy default_rng(seed)).
-    equidistant  budget split over videos by candidate count, evenly spaced candidates per video.
+    equidistant  each pick at the middle of the largest gap between labelled frames (and video ends).
     uncertainty  Gal: top U.
     entropy      Aghdam: top pixel entropy, picks at least `min_gap` frames apart within a video.
     sample       whole videos by mean U, all their candidate frames, never over budget.
@@ -233,29 +233,38 @@ def random_frames(pool: FramePool, budget: int, opts: SelectOptions) -> tuple[np
 
 @register_strategy("equidistant")
 def equidistant(pool: FramePool, budget: int, opts: SelectOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Evenly spaced frames in each video; score = NaN; ranked by video order, then frame.
+    """Each pick at the middle of the largest gap left by the labelled frames; score = NaN.
 
-    Budget split: proportional to each video's candidate count c_v (largest remainder; remainders
-    tied go to the earlier video), so k_v <= c_v and sum k_v = min(b, M). Positions: the candidates at
-    ranks ⌊(j + 1/2) c_v / k_v⌋, j = 0..k_v-1, of the video's sorted candidate frames (centred spacing).
+    A video's gaps lie between consecutive boundaries, its labelled frames and its ends (-1 and n); a
+    gap's size is hi - lo. Repeatedly, the largest gap over all videos (ties: earlier video, lower
+    frame) gets the candidate nearest its middle (lo + hi) / 2 (ties: the lower frame) and is split in
+    two there. The labelled frames of earlier cycles bound the gaps, so over cycles the labels spread
+    evenly instead of piling up next to each other. Ranked in pick order.
     """
-    counts = np.diff(pool.starts)
-    k = _largest_remainder(counts, min(budget, pool.size))
-    idx = [pool.starts[v] + ((np.arange(k[v]) + 0.5) * counts[v] // k[v]).astype(np.int64)
-           for v in np.flatnonzero(k)]
-    idx = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+    heap: list[tuple[int, int, int, int]] = []  # (-size, video, lo, hi)
+    for v in range(len(pool.video_ids)):
+        s, e = pool.starts[v], pool.starts[v + 1]
+        if s < e:
+            bounds = np.concatenate([[-1], pool.annotated[v], [int(pool.num_frames[v])]])
+            heap += [(-int(hi - lo), v, int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])
+                     if hi - lo > 1]
+    heapq.heapify(heap)
+    picked: list[int] = []
+    while heap and len(picked) < budget:
+        _, v, lo, hi = heapq.heappop(heap)
+        frames = pool.frame[pool.starts[v] : pool.starts[v + 1]]
+        first, last = np.searchsorted(frames, lo, side="right"), np.searchsorted(frames, hi)
+        if first == last:  # no candidate inside this gap
+            continue
+        inside = frames[first:last]
+        j = int(np.argmin(np.abs(2 * inside - (lo + hi))))  # first minimum = lower frame
+        f = int(inside[j])
+        picked.append(int(pool.starts[v] + first + j))
+        for a, b in ((lo, f), (f, hi)):
+            if b - a > 1:
+                heapq.heappush(heap, (-(b - a), v, a, b))
+    idx = np.asarray(picked, dtype=np.int64)
     return idx, np.full(idx.size, np.nan)
-
-
-def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
-    """int64 k_v proportional to counts summing to total (<= counts.sum()); ties to the lower index."""
-    if total == 0:
-        return np.zeros_like(counts)
-    quota = counts * total  # exact integer arithmetic: k_v = quota // C, remainder quota % C
-    k, rem = quota // counts.sum(), quota % counts.sum()
-    extra = np.lexsort((np.arange(counts.size), -rem))[: total - int(k.sum())]
-    k[extra] += 1
-    return k
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
