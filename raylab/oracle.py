@@ -69,8 +69,8 @@ def reveal_frames(
 
     Returns:
         one row per requested frame, in request order: video_id, frame, boxes (list of [x1, y1, x2, y2]),
-        box_labels, mask_rle (one RLE per box, or [] when the ground truth has boxes only), cost
-        (actors x clicks_per_actor).
+        box_labels, box_tracks (the ground truth's actor of each box), mask_rle (one RLE per box, or []
+        when the ground truth has boxes only), cost (actors x clicks_per_actor).
     """
     req = _requests_frame(requests).reset_index(drop=True)
     req["_order"] = np.arange(len(req))
@@ -81,13 +81,15 @@ def reveal_frames(
     for order, video_id, frame in zip(req["_order"], req["video_id"], req["frame"]):
         group = by_request.get(order)
         if group is None:
-            boxes, labels, masks = [], [], []
+            boxes, labels, tracks, masks = [], [], [], []
         else:
             boxes = group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).tolist()
             labels = group["label"].astype(int).tolist()
+            tracks = group["actor"].astype(int).tolist()
             masks = [] if group["mask_rle"].isna().any() else [list(m) for m in group["mask_rle"]]
-        rows.append((video_id, int(frame), boxes, labels, masks, clicks_per_actor * len(boxes)))
-    return pd.DataFrame(rows, columns=["video_id", "frame", "boxes", "box_labels", "mask_rle", "cost"])
+        rows.append((video_id, int(frame), boxes, labels, tracks, masks, clicks_per_actor * len(boxes)))
+    return pd.DataFrame(rows, columns=["video_id", "frame", "boxes", "box_labels", "box_tracks", "mask_rle",
+                                       "cost"])
 
 
 def reveal_videos(gt: pd.DataFrame, video_ids, cost_per_video: float = 1.0) -> pd.DataFrame:

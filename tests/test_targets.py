@@ -50,6 +50,23 @@ def test_pseudo_label_interpolates_boxes_between_annotations():
     assert pseudo_label(labels, 4) is labels[4]
 
 
+def test_pseudo_label_pairs_actors_by_track_not_by_position():
+    """Two actors listed in swapped order in the next annotated frame are each interpolated with
+    themselves; an actor shown only in the nearest frame keeps its box there."""
+    a, b = [0, 0, 10, 10], [50, 50, 60, 60]
+    first = frame_label([a, b], tracks=[0, 1])
+    second = frame_label([[b[0] + 4, b[1], b[2] + 4, b[3]], [a[0] + 4, a[1], a[2] + 4, a[3]]], tracks=[1, 0])
+    mid = pseudo_label({0: first, 4: second}, 1)
+    assert mid.tracks == (0, 1)
+    np.testing.assert_allclose(mid.boxes, [[1, 0, 11, 10], [51, 50, 61, 60]])
+    # without identities the same labels pair by position: each box drifts towards the other actor
+    blind = pseudo_label({0: frame_label([a, b]), 4: frame_label(second.boxes)}, 1)
+    assert abs(blind.boxes[0, 0] - 1) > 10
+    # an actor that leaves: shown on the nearest side only, kept as it is there; the other interpolated
+    leaves = pseudo_label({0: first, 4: frame_label([second.boxes[1]], tracks=[0])}, 1)
+    np.testing.assert_allclose(leaves.boxes, [[1, 0, 11, 10], b])
+
+
 def test_pseudo_label_takes_the_nearest_for_empty_frames_and_the_ends():
     labels = {2: box_label(0, 0, 4, 4), 6: EMPTY, 9: box_label(1, 1, 5, 5)}
     assert pseudo_label(labels, 0) is labels[2]  # before the first annotation

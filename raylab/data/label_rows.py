@@ -26,6 +26,7 @@ LABELS_SCHEMA = pa.schema(
         ("source", pa.string()),  # "init" | "oracle" | "human"
         ("boxes", pa.list_(pa.list_(pa.float32()))),  # [n_boxes][4] x1,y1,x2,y2; [] = annotated negative
         ("box_labels", pa.list_(pa.int32())),  # [n_boxes] class index per box
+        ("box_tracks", pa.list_(pa.int32())),  # [n_boxes or 0] track identity per box (actor), [] = unknown
         ("mask_rle", pa.list_(pa.list_(pa.int32()))),  # [n_boxes or 0][counts] COCO RLE per box
         ("segments", pa.list_(SEGMENT_TYPE)),  # AL-STAL segments in seconds, else []
         ("cost", pa.float64()),  # annotation cost in clicks
@@ -33,7 +34,7 @@ LABELS_SCHEMA = pa.schema(
     ]
 )
 REQUIRED = ("video_id", "frame", "cost")
-OPTIONAL = ("boxes", "box_labels", "mask_rle", "segments", "cycle", "source")
+OPTIONAL = ("boxes", "box_labels", "box_tracks", "mask_rle", "segments", "cycle", "source")
 
 def index_lookup(index: pd.DataFrame | pa.Table) -> dict[str, tuple[int, int, int]]:
     """video_id -> (num_frames, height, width)."""
@@ -99,12 +100,17 @@ def _normalize_row(rec: dict, cycle: int, source: str, index) -> tuple[dict, lis
             problems.append(f"{where}: column {name}={rec[name]!r} differs from the argument {expected!r}")
     boxes, box_problems = _boxes(rec.get("boxes"))
     labels = [_as_int(x) for x in _as_list(rec.get("box_labels"))]
+    tracks = [_as_int(x) for x in _as_list(rec.get("box_tracks"))]
     masks, masks_ok = _masks(rec.get("mask_rle"))
     segments, seg_problems = _segments(rec.get("segments"))
     problems += [f"{where}: {p}" for p in box_problems + seg_problems]
     if len(labels) != len(boxes) or any(x is None or x < 0 for x in labels):
         problems.append(f"{where}: box_labels must hold one integer >= 0 per box "
                         f"({len(boxes)} boxes, got {len(labels)} labels)")
+    if tracks and (len(tracks) != len(boxes) or any(x is None or x < 0 for x in tracks)
+                   or len(set(tracks)) != len(tracks)):
+        problems.append(f"{where}: box_tracks must be empty or hold one distinct integer >= 0 per box "
+                        f"({len(boxes)} boxes, got {_show(rec.get('box_tracks'))})")
     if masks and (len(masks) != len(boxes) or not masks_ok):
         problems.append(f"{where}: mask_rle must be empty or hold one RLE of non-negative counts per box "
                         f"({len(boxes)} boxes, got {len(masks)} masks)")
@@ -115,7 +121,7 @@ def _normalize_row(rec: dict, cycle: int, source: str, index) -> tuple[dict, lis
     if index is not None and not problems:
         problems += [f"{where}: {p}" for p in _against_index(video, frame, boxes, masks, index)]
     row = {"video_id": video, "frame": frame, "cycle": cycle, "source": source, "boxes": boxes,
-           "box_labels": labels, "mask_rle": masks, "segments": segments, "cost": cost}
+           "box_labels": labels, "box_tracks": tracks, "mask_rle": masks, "segments": segments, "cost": cost}
     return row, problems
 
 

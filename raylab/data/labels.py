@@ -139,7 +139,7 @@ class LabelStore:
                 f"says sha256 {entry['sha256']}, file has {digest}; the file was modified or damaged after "
                 "it was committed: restore it from a backup"
             )
-        table = pq.read_table(pa.BufferReader(data))
+        table = _upgrade(pq.read_table(pa.BufferReader(data)))
         if not table.schema.equals(LABELS_SCHEMA) or table.num_rows != entry["rows"]:
             raise LabelStoreCorruptError(
                 f"label store {self.path}: {path} has {table.num_rows} rows and schema {table.schema}, "
@@ -393,3 +393,13 @@ def _fsync_dir(path: Path) -> None:
     except OSError as e:
         log.warning("label store %s: fsync of the directory failed (%s); the append may not survive a "
                     "power loss", path, e)
+
+
+def _upgrade(table: pa.Table) -> pa.Table:
+    """A part written before `box_tracks` existed, with the column added empty (track identity unknown:
+    pseudo-labels then pair actors by position, as they did when it was written)."""
+    if "box_tracks" in table.schema.names or "box_labels" not in table.schema.names:
+        return table
+    empty = pa.array([[]] * table.num_rows, type=LABELS_SCHEMA.field("box_tracks").type)
+    return table.add_column(table.schema.get_field_index("box_labels") + 1,
+                            LABELS_SCHEMA.field("box_tracks"), empty)

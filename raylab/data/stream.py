@@ -34,6 +34,7 @@ _PAYLOAD_TYPES = {
     "ann_frames": pa.list_(pa.int32()),
     "ann_boxes": pa.list_(pa.list_(pa.float32())),  # per annotated frame: K boxes flattened to 4K floats
     "ann_masks": pa.list_(pa.list_(pa.list_(pa.int32()))),  # per annotated frame: K RLE counts, or []
+    "ann_tracks": pa.list_(pa.list_(pa.int32())),  # per annotated frame: K track identities, or []
 }
 
 
@@ -70,12 +71,13 @@ def clip_table(
     return pa.table(cols)
 
 
-def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list, list, list]:
+def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list, list, list, list]:
     annotated = np.array(sorted(video_labels), dtype=np.int64)
     near = labels_near(annotated, frames) if annotated.size else annotated
     boxes = [video_labels[int(a)].boxes.ravel().tolist() for a in near]
     masks = [[c.tolist() for c in video_labels[int(a)].masks] for a in near]
-    return near.tolist(), boxes, masks
+    tracks = [list(video_labels[int(a)].tracks) for a in near]
+    return near.tolist(), boxes, masks, tracks
 
 
 def decode_clips(
@@ -88,8 +90,8 @@ def decode_clips(
     for row in rows:
         frames = np.asarray(row["frames"], dtype=np.int64)
         labels = {
-            f: frame_label(np.reshape(b, (-1, 4)), m)
-            for f, b, m in zip(row["ann_frames"], row["ann_boxes"], row["ann_masks"])
+            f: frame_label(np.reshape(b, (-1, 4)), m, t)
+            for f, b, m, t in zip(row["ann_frames"], row["ann_boxes"], row["ann_masks"], row["ann_tracks"])
         }
         targets = clip_targets(labels, frames, (row["height"], row["width"]), size, sigma, weighting)
         out["clip"].append(read_frames(row["path"], frames, size))

@@ -3,10 +3,13 @@
 Pure numpy, no Ray, no I/O. A video's labels are a dict frame -> FrameLabel holding the annotated frames
 only; an annotated frame with no box is a labelled negative (the annotator saw no actor there).
 
-Pseudo-labels for unannotated frames (ASL, before Eq.4): boxes are interpolated linearly between the
-previous and the next annotated frame when both hold the same, nonzero number of actors; masks, empty
-frames, mismatched actor counts and frames before the first / after the last annotation take the
-nearest annotated frame (the earlier one on a tie).
+Pseudo-labels for unannotated frames (ASL, before Eq.4): an actor's box is interpolated linearly between
+the previous and the next annotated frame when both show it. Actors are paired by their track identity
+(`box_tracks`) when both frames carry one; labels without identities (a human import, an old store) pair
+by position when both frames hold the same number of boxes. The pseudo-label has the actors of the
+nearest annotated frame (the earlier one on a tie): those shown on both sides interpolated, the others
+as the nearest frame has them. Masks, empty frames and frames before the first / after the last
+annotation take the nearest annotated frame.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from raylab.proximity import mgw_weights
 class FrameLabel:
     boxes: np.ndarray  # float32 [K, 4] x1, y1, x2, y2 in pixels of the stored video
     masks: tuple[np.ndarray, ...] = ()  # K RLE counts (one per box) or () when boxes only
+    tracks: tuple[int, ...] = ()  # K track identities (one per box) or () when unknown
 
     @property
     def empty(self) -> bool:
@@ -33,11 +37,22 @@ class FrameLabel:
 VideoLabels = Mapping[int, FrameLabel]
 
 
-def frame_label(boxes: Iterable, masks: Iterable | None = None) -> FrameLabel:
+def frame_label(boxes: Iterable, masks: Iterable | None = None, tracks: Iterable | None = None) -> FrameLabel:
     """Build a FrameLabel from plain lists (as stored in parquet)."""
     b = np.asarray(list(boxes) if boxes is not None else [], dtype=np.float32).reshape(-1, 4)
     m = tuple(np.asarray(c, dtype=np.int32) for c in (() if masks is None else masks))
-    return FrameLabel(b, m if len(m) == len(b) else ())
+    t = tuple(int(x) for x in (() if tracks is None else tracks))
+    return FrameLabel(b, m if len(m) == len(b) else (), t if len(t) == len(b) else ())
+
+
+def _pairs(a: FrameLabel, b: FrameLabel) -> list[tuple[int, int | None]]:
+    """For each box of `a`, the index of the same actor's box in `b` (None: not shown there)."""
+    if a.tracks and b.tracks:
+        where = {t: j for j, t in enumerate(b.tracks)}
+        return [(i, where.get(t)) for i, t in enumerate(a.tracks)]
+    if len(a.boxes) == len(b.boxes):
+        return [(i, i) for i in range(len(a.boxes))]
+    return [(i, None) for i in range(len(a.boxes))]
 
 
 def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None = None) -> FrameLabel | None:
@@ -59,12 +74,15 @@ def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None =
     nxt = int(annotated[pos]) if pos < annotated.size else None
     if prev is None or nxt is None:
         return labels[prev if nxt is None else nxt]
-    nearest = labels[prev] if frame - prev <= nxt - frame else labels[nxt]
-    a, b = labels[prev], labels[nxt]
-    if a.empty or b.empty or len(a.boxes) != len(b.boxes):
-        return nearest
     t = (frame - prev) / (nxt - prev)
-    return FrameLabel((1.0 - t) * a.boxes + t * b.boxes, nearest.masks)
+    near, far, w_far = (labels[prev], labels[nxt], t) if t <= 0.5 else (labels[nxt], labels[prev], 1.0 - t)
+    if near.empty or far.empty:
+        return near
+    boxes = near.boxes.copy()
+    for i, j in _pairs(near, far):
+        if j is not None:
+            boxes[i] = (1.0 - w_far) * near.boxes[i] + w_far * far.boxes[j]
+    return FrameLabel(boxes, near.masks, near.tracks)
 
 
 def render_foreground(
@@ -138,14 +156,16 @@ def labels_near(annotated: np.ndarray, frames: np.ndarray) -> np.ndarray:
 
 
 def group_labels(rows) -> dict[str, dict[int, FrameLabel]]:
-    """Group label rows (columns video_id, frame, boxes[, mask_rle]) into video -> frame -> FrameLabel.
+    """Group label rows (columns video_id, frame, boxes[, mask_rle, box_tracks]) into video -> frame ->
+    FrameLabel.
 
     Rows with frame -1 (whole-video labels of AL-STAL) are left out.
     """
     df = rows.to_pandas() if hasattr(rows, "to_pandas") else rows
     masks = df["mask_rle"] if "mask_rle" in df else [None] * len(df)
+    tracks = df["box_tracks"] if "box_tracks" in df else [None] * len(df)
     out: dict[str, dict[int, FrameLabel]] = {}
-    for video_id, frame, boxes, mask in zip(df["video_id"], df["frame"], df["boxes"], masks):
+    for video_id, frame, boxes, mask, track in zip(df["video_id"], df["frame"], df["boxes"], masks, tracks):
         if int(frame) >= 0:
-            out.setdefault(video_id, {})[int(frame)] = frame_label(boxes, mask)
+            out.setdefault(video_id, {})[int(frame)] = frame_label(boxes, mask, track)
     return out
