@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from raylab.data.rle import rle_encode
+from raylab.eval.masks import calibrate_actionness
 from raylab.eval.stad import (
     StadFormatError,
     evaluate_stad,
@@ -234,6 +235,29 @@ def test_masks_to_detections():
     assert [b[0] for b in tds[0]["boxes"]] == [11, 13]
     fds2, tds2 = masks_to_detections("v", np.arange(3), fg, np.array([0.25, 0.75]), top_k=2)
     assert len(fds2) == 4 and {t["label"] for t in tds2} == {0, 1}
+
+
+def test_masks_to_detections_box_of_the_largest_component_and_no_box_below_actionness():
+    fg = np.zeros((2, 12, 12))
+    fg[0, 4:9, 4:8] = 0.9  # the actor: rows 4..8, cols 4..7
+    fg[0, 0, 11] = 0.7  # a stray pixel far away would stretch a tight box over the whole frame
+    fg[1, 2:4, 2:4] = 0.55  # a weak blob on a frame without an actor
+    fds, _ = masks_to_detections("v", np.arange(2), fg, np.array([1.0]))
+    assert fds[0]["box"] == [4.0, 4.0, 8.0, 9.0] and fds[0]["score"] == pytest.approx(0.9)
+    assert len(fds) == 2
+    fds, tds = masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.6)
+    assert [d["frame"] for d in fds] == [1] and [b[0] for b in tds[0]["boxes"]] == [1]
+    assert masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.95) == ([], [])
+
+
+def test_calibrate_actionness_separates_actor_frames_on_labelled_frames():
+    scores = np.array([0.1, 0.3, 0.35, 0.6, 0.8, 0.9])
+    has = np.array([False, False, False, True, True, True])
+    assert calibrate_actionness(scores, has) == pytest.approx((0.35 + 0.6) / 2)
+    # overlapping scores: the cut of best balanced accuracy (TPR 1 + TNR 2/3, between 0.2 and 0.3)
+    assert calibrate_actionness([0.1, 0.2, 0.3, 0.7, 0.4, 0.9], [0, 0, 1, 0, 1, 1]) == pytest.approx(0.25)
+    assert calibrate_actionness([0.5, 0.7], [True, True]) == 0.0  # no negative: detect everywhere
+    assert calibrate_actionness([0.5, 0.7], [False, False]) == 0.0
 
 
 # ---- file and errors ------------------------------------------------------------------------------

@@ -94,6 +94,23 @@ def pixel_iou_accuracy(pred_masks: dict, gt_masks: dict, thresholds=(0.5,), pred
     return {"frame": {t: frac(f, t) for t in thresholds}, "video": {t: frac(v, t) for t in thresholds}}
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool [H, W] mask (all False when it is empty); ties go to
+    the component met first in row-major order."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def actionness(fg_prob: np.ndarray) -> np.ndarray:
+    """A frame's actionness: its highest foreground probability, float [T] from [T, H, W]."""
+    return np.asarray(fg_prob, np.float64).reshape(len(fg_prob), -1).max(axis=1)
+
+
 def masks_to_detections(
     video: str,
     frames: np.ndarray,
@@ -102,16 +119,19 @@ def masks_to_detections(
     scale_xy=(1.0, 1.0),
     threshold: float = 0.5,
     top_k: int = 1,
+    min_actionness: float = 0.0,
 ) -> tuple[list[dict], list[dict]]:
     """Turn a video's predicted foreground masks into frame detections and tubes for evaluate_stad.
 
-    Per frame, the box is the tight box of (fg_prob >= threshold) scaled to the original resolution,
+    Per frame, the box is the tight box of the largest connected component of (fg_prob >= threshold)
+    (stray blobs elsewhere do not stretch it), scaled to the original resolution,
     [c_first * sx, r_first * sy, (c_last + 1) * sx, (r_last + 1) * sy]: the convention in which targets
     are rendered from boxes (pixels whose centre lies in [x1, x2), data/targets.py), so a detector
     trained on a dataset's boxes gives boxes in that dataset's own numbers, whichever convention its
-    annotations use. The frame score for class c is class_prob[c] times the mean foreground
-    probability inside the mask. One tube per video for each of the top_k classes (by mean class
-    probability), over the frames that have a box; its score is the mean of its frame scores.
+    annotations use. A frame whose `actionness` is below `min_actionness` gets no detection. The frame
+    score for class c is class_prob[c] times the mean foreground probability inside the component. One
+    tube per video for each of the top_k classes (by mean class probability), over the frames that have
+    a box; its score is the mean of its frame scores.
 
     Args:
         video: video name.
@@ -121,6 +141,7 @@ def masks_to_detections(
         scale_xy: (sx, sy), original width / mask width and original height / mask height.
         threshold: foreground threshold.
         top_k: number of classes that get detections.
+        min_actionness: frames below it have no actor (`calibrate_actionness` sets it on training frames).
 
     Returns:
         (frame_detections, tube_detections) as in the evaluation JSON, frames 1-based.
@@ -129,7 +150,9 @@ def masks_to_detections(
     frames = np.asarray(frames, np.int64)
     t, h, w = fg.shape
     probs = np.broadcast_to(np.asarray(class_probs, np.float64), (t, np.shape(class_probs)[-1]))  # [T, C]
-    mask = fg >= threshold
+    acting = actionness(fg) >= min_actionness
+    mask = np.stack([largest_component(fg[i] >= threshold) if acting[i] else np.zeros((h, w), bool)
+                     for i in range(t)]) if t else fg >= threshold
     cols, rows = mask.any(axis=1), mask.any(axis=2)  # [T, W], [T, H]
     has = cols.any(axis=1)
     sx, sy = scale_xy
@@ -151,3 +174,28 @@ def masks_to_detections(
             tube = [[int(frames[i]) + 1, *b] for i, b in zip(idx, boxes)]
             tube_dets.append({"video": video, "label": int(c), "score": float(scores.mean()), "boxes": tube})
     return frame_dets, tube_dets
+
+
+def calibrate_actionness(scores: np.ndarray, has_actor: np.ndarray) -> float:
+    """The actionness threshold that best separates frames with an actor from frames without, on
+    labelled (training) frames: the one maximising balanced accuracy (Youden's J), placed halfway
+    between two neighbouring scores. 0.0 (detect on every frame) when either kind of frame is missing.
+
+    Args:
+        scores: float [N] `actionness` of labelled frames; has_actor: bool [N] their labels.
+    """
+    scores, has_actor = np.asarray(scores, np.float64), np.asarray(has_actor, bool)
+    n_pos, n_neg = int(has_actor.sum()), int((~has_actor).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.0
+    order = np.argsort(scores, kind="stable")
+    s, y = scores[order], has_actor[order]
+    # threshold between s[k-1] and s[k]: frames k.. are called actors
+    below_neg = np.concatenate([[0], np.cumsum(~y)])  # negatives below each cut
+    below_pos = np.concatenate([[0], np.cumsum(y)])
+    j = below_neg / n_neg + (n_pos - below_pos) / n_pos  # TNR + TPR at each cut k = 0..N
+    distinct = np.concatenate([[True], s[1:] > s[:-1], [True]])  # cuts that fall between different scores
+    k = int(np.flatnonzero(distinct)[np.argmax(j[distinct])])
+    if k == 0:
+        return 0.0
+    return float(np.nextafter(s[-1], np.inf)) if k == len(s) else float((s[k - 1] + s[k]) / 2)

@@ -16,7 +16,7 @@ import torch
 
 from raylab.data.clips import tile_clips
 from raylab.data.stream import clip_table, decode_clips
-from raylab.eval.stad import masks_to_detections
+from raylab.eval.masks import actionness, calibrate_actionness, masks_to_detections
 from raylab.models.detector import clips_to_tensor
 
 
@@ -39,6 +39,13 @@ def predict_video(model, table, size: tuple[int, int], num_frames: int, batch: i
     return fg, np.concatenate(class_probs).mean(axis=0)
 
 
+def video_accuracy(doc: dict, index: pd.DataFrame) -> float:
+    """Share of the videos of `index` (with a class label) whose predicted class is their label."""
+    known = index[index["label"] >= 0]
+    hits = [doc["predicted_classes"].get(v) == int(c) for v, c in zip(known["video_id"], known["label"])]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
 def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[str]) -> dict:
     """The "labels" and "videos" parts of the evaluation JSON (frames 1-based, one tube per actor)."""
     videos = {}
@@ -56,23 +63,54 @@ def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[s
     return {"labels": list(classes), "videos": videos}
 
 
-def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
-                    length: int, size: tuple[int, int], batch: int = 8, device="cpu",
-                    threshold: float = 0.5) -> dict:
-    """Predict every video of `index` and return the full evaluation document (see docs/evaluation.md)."""
+def _predict_videos(model, index: pd.DataFrame, video_root: str | Path, length: int, size: tuple[int, int],
+                    batch: int, device):
+    """(index row, foreground probabilities, class probabilities) of every video of `index`, in order."""
     model.eval()
-    doc = ground_truth_document(index, gt, classes)
-    doc["frame_detections"], doc["tube_detections"] = [], []
     for row in index.itertuples(index=False):
         clips = tile_clips(pd.DataFrame([row._asdict()]), length, 1)
         table = clip_table(clips, index, video_root)
-        fg, class_probs = predict_video(model, table, size, int(row.num_frames), batch, device)
+        yield row, *predict_video(model, table, size, int(row.num_frames), batch, device)
+
+
+def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_root: str | Path,
+                       length: int, size: tuple[int, int], batch: int = 8, device="cpu") -> float:
+    """The actionness threshold of `model` set on labelled training frames (`masks.calibrate_actionness`).
+
+    Args:
+        index: the videos that hold the labelled frames.
+        labels: label-store rows (video_id, frame, boxes): a frame with no box is a labelled negative.
+    """
+    by_video = dict(tuple(labels.groupby("video_id")))
+    scores, has_actor = [], []
+    for row, fg, _ in _predict_videos(model, index[index["video_id"].isin(by_video)], video_root, length,
+                                       size, batch, device):
+        rows = by_video[row.video_id]
+        scores.append(actionness(fg[rows["frame"].to_numpy(np.int64)]))
+        has_actor.append(np.array([len(b) > 0 for b in rows["boxes"]], dtype=bool))
+    if not scores:
+        return 0.0
+    return calibrate_actionness(np.concatenate(scores), np.concatenate(has_actor))
+
+
+def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
+                    length: int, size: tuple[int, int], batch: int = 8, device="cpu",
+                    threshold: float = 0.5, min_actionness: float = 0.0) -> dict:
+    """Predict every video of `index` and return the full evaluation document (see docs/evaluation.md),
+    plus "predicted_classes": {video_id: the class of the highest mean clip probability}.
+
+    `min_actionness`: frames below it get no detection (`calibrate_detector` sets it on training frames).
+    """
+    doc = ground_truth_document(index, gt, classes)
+    doc["frame_detections"], doc["tube_detections"], doc["predicted_classes"] = [], [], {}
+    for row, fg, class_probs in _predict_videos(model, index, video_root, length, size, batch, device):
+        doc["predicted_classes"][row.video_id] = int(np.argmax(class_probs))
         scale = (row.width / size[1], row.height / size[0])
         # a scored detection per class, as detectors report them: a misclassified video still ranks
         # its true class by that class's probability
         frame_dets, tube_dets = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, class_probs,
                                                     scale_xy=scale, threshold=threshold,
-                                                    top_k=len(classes))
+                                                    top_k=len(classes), min_actionness=min_actionness)
         doc["frame_detections"] += frame_dets
         doc["tube_detections"] += tube_dets
     return doc
