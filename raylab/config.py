@@ -47,7 +47,7 @@ class ClipConfig:
     sampling: str = "annotated"  # "annotated": clips around labelled frames (training); "tile": dense tiling
     clips_per_annotation: int = 1  # training clips drawn around each annotated frame per epoch
     cover: bool = True  # an annotated frame already inside that many clips of its video gets none of its own
-    video_clips: int = 2  # training clips anywhere in every training video, for its (known) class label
+    video_clips: int = 4  # training clips anywhere in every training video, for its (known) class label
     batch_size: int = 8  # clips per batch handed to the consumer (training step, scorer)
     clips_per_task: int = 64  # clips decoded by one Ray Data task (larger amortises per-task cost)
 
@@ -94,7 +94,7 @@ class DetectorConfig:
     widths: tuple[int, ...] = ()  # channels of each encoder stage; () = the preset's
     depth: int = 0  # 3D convs per encoder stage; 0 = the preset's
     temporal_strides: tuple[int, ...] = ()  # temporal stride of each stage (one per width); () = preset's
-    head: str = "capsules"  # capsules (VideoCapsuleNet, 2D dynamic routing) | linear (pooled features)
+    head: str = "linear"  # linear (mean- and max-pooled features) | capsules (VideoCapsuleNet, 2D routing)
     primary_caps: int = 16  # primary capsule types per position of the 2D grid
     primary_dim: int = 8  # pose size of a primary capsule
     class_dim: int = 16  # pose size of a class capsule

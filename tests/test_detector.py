@@ -117,7 +117,7 @@ def test_weights_round_trip_and_mismatch(tmp_path):
     with pytest.raises(ValueError, match="det.pt.*shape mismatches"):
         Detector(DetectorConfig(weights=str(path)), num_classes=3)
     with pytest.raises(ValueError, match="det.pt.*missing"):
-        Detector(DetectorConfig(weights=str(path), head="linear"), num_classes=4)
+        Detector(DetectorConfig(weights=str(path), head="capsules"), num_classes=4)  # not the default head
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         Detector(DetectorConfig(weights=str(tmp_path / "nope.pt")), num_classes=4)
 

@@ -67,6 +67,81 @@ def random_appearance(rng: np.random.Generator, short_side: int, size: tuple[flo
 
 
 # ---------------------------------------------------------------------------------------------------
+# Props: the object an action comes with (a rider's horse, a diver's board). Class c's prop has shape
+# PROP_SHAPES[c] and a hue near c / len(MOTIONS); it is held at the actor's tail end and follows its pose
+# (it turns with a spin, grows with an approach), so the pair still performs the class's motion. A prop
+# is scenery, as a horse is in UCF-101-24: it is never part of the actor's box or mask.
+# ---------------------------------------------------------------------------------------------------
+
+PROP_SHAPES: tuple[str, ...] = ("bar", "ring", "triangle", "cross", "square", "diamond", "crescent", "disc")
+
+
+@dataclass(frozen=True)
+class Prop:
+    """The object an actor of one class carries."""
+
+    shape: str  # one of PROP_SHAPES
+    radius: float  # pixels at scale 1
+    rgb: np.ndarray  # [3] in [0, 1]
+    gap: float  # distance between the actor's tail end and the prop's centre, pixels at scale 1 (> radius:
+    #             a strip of background separates them)
+
+
+def random_prop(rng: np.random.Generator, label: int, look: Appearance) -> Prop:
+    """Class `label`'s prop for an actor that looks like `look`: the shape is the class's, the size,
+    hue (within the class's band), saturation and brightness vary per actor."""
+    hue = (label / len(MOTIONS) + rng.uniform(-0.03, 0.03)) % 1.0
+    radius = look.half_length * rng.uniform(0.8, 1.0)
+    return Prop(shape=PROP_SHAPES[label % len(PROP_SHAPES)], radius=radius,
+                rgb=_hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0)),
+                gap=radius * rng.uniform(1.3, 1.6))
+
+
+def _prop_mask(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points (x, y), in units of the prop's radius around its centre, are inside the shape."""
+    r = np.hypot(x, y)
+    if shape == "disc":
+        return r <= 1.0
+    if shape == "bar":
+        return (np.abs(x) <= 0.35) & (np.abs(y) <= 1.0)
+    if shape == "ring":
+        return (r <= 1.0) & (r >= 0.55)
+    if shape == "triangle":
+        return (y <= 0.6) & (y >= 1.6 * np.abs(x) - 1.0)
+    if shape == "cross":
+        return ((np.abs(x) <= 0.3) | (np.abs(y) <= 0.3)) & (np.abs(x) <= 1.0) & (np.abs(y) <= 1.0)
+    if shape == "square":
+        return (np.abs(x) <= 0.75) & (np.abs(y) <= 0.75)
+    if shape == "diamond":
+        return np.abs(x) + np.abs(y) <= 1.0
+    if shape == "crescent":
+        return (r <= 1.0) & (np.hypot(x - 0.5, y) > 0.75)
+    raise ValueError(f"unknown prop shape {shape!r}; known: {PROP_SHAPES}")
+
+
+def paint_prop(frames: np.ndarray, traj: Trajectory, look: Appearance, prop: Prop,
+               present: np.ndarray) -> None:
+    """Paint `prop` at the tail end of the actor moving along `traj` (in place, where `present`)."""
+    along, across = _local_coords(traj, frames.shape[1], frames.shape[2])
+    centre = -(look.half_length + prop.gap)
+    mask = _prop_mask(prop.shape, (along - centre) / prop.radius, across / prop.radius)
+    mask &= present[:, None, None]
+    np.copyto(frames, prop.rgb.astype(np.float32), where=mask[..., None])
+
+
+def burst_progress(rng: np.random.Generator, length: int, share: tuple[float, float],
+                   factor: float) -> np.ndarray:
+    """Progress u in [0, 1] (float [length]) over an action with one burst of fast motion: inside a
+    window of `share` of the frames (drawn at random) u advances `factor` times as fast as outside."""
+    width = max(2, int(round(rng.uniform(*share) * length)))
+    start = int(rng.integers(0, max(length - width, 0) + 1))
+    rate = np.ones(length)
+    rate[start : start + width] = factor
+    u = np.concatenate([[0.0], np.cumsum(rate[1:])])
+    return u / max(u[-1], 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Motion patterns: each maps progress u in [0, 1] (float [T]) to offsets (dx, dy, scale, dangle) [T]
 # relative to the pose at u = 0, in pixels for a frame whose short side is `side`.
 # ---------------------------------------------------------------------------------------------------

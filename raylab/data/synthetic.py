@@ -33,9 +33,11 @@ from raylab.data.synth_motion import (
     Trajectory,
     idle_and_act,
     motion_offsets,
+    burst_progress,
     paint_actor,
     paint_blob,
     paint_occluder,
+    paint_prop,
     place,
     plan_segments,
     quantise,
@@ -43,6 +45,7 @@ from raylab.data.synth_motion import (
     random_background,
     random_blob,
     random_occluder,
+    random_prop,
     render_background,
 )
 from raylab.data.video import write_video
@@ -80,6 +83,11 @@ class SynthPreset:
     noise: float  # std of Gaussian pixel noise added to every frame, in [0, 1] units of full scale
     occluder_prob: float  # chance that a video has a grey bar in front of everything
     distractors: tuple[int, int]  # wandering discs per video that perform no action and are never labelled
+    # spatio-temporal set: what makes a class recognisable and what makes frames differ in value
+    prop_prob: float = 0.0  # chance that an actor carries its class's prop (synth_motion.PROP_SHAPES)
+    burst_prob: float = 0.0  # chance that an actor's action holds one burst of fast motion
+    burst_share: tuple[float, float] = (0.15, 0.3)  # share of the tube the burst lasts
+    burst_factor: float = 5.0  # how many times faster the action progresses during the burst
     train_fraction: float = 0.7  # share of videos in the train split
     crf: int = 18  # H.264 quality (lower = closer to the rendered frames, bigger files)
 
@@ -111,6 +119,7 @@ PRESETS: dict[str, SynthPreset] = {
         temporal_videos=6, temporal_frames=(140, 160), temporal_size=(64, 64),
         instances=(3, 4), instance_frames=(14, 24), min_gap=8,
         actor_size=(0.3, 0.4), speed=(0.8, 1.2), noise=0.02, occluder_prob=0.25, distractors=(0, 1),
+        prop_prob=1.0, burst_prob=0.5,
     ),
     # learnable on 2 CPU cores in minutes
     "small": SynthPreset(
@@ -120,6 +129,7 @@ PRESETS: dict[str, SynthPreset] = {
         temporal_videos=40, temporal_frames=(300, 600), temporal_size=(64, 64),
         instances=(4, 8), instance_frames=(20, 60), min_gap=10,
         actor_size=(0.25, 0.4), speed=(0.7, 1.3), noise=0.03, occluder_prob=0.2, distractors=(0, 2),
+        prop_prob=1.0, burst_prob=0.5,
     ),
     # bigger and harder: more classes, several actors, idle actors outside their tubes
     "medium": SynthPreset(
@@ -129,6 +139,7 @@ PRESETS: dict[str, SynthPreset] = {
         temporal_videos=150, temporal_frames=(500, 1000), temporal_size=(96, 96),
         instances=(4, 12), instance_frames=(20, 80), min_gap=10,
         actor_size=(0.18, 0.35), speed=(0.6, 1.4), noise=0.05, occluder_prob=0.35, distractors=(1, 3),
+        prop_prob=1.0, burst_prob=0.5,
     ),
 }
 
@@ -200,7 +211,12 @@ def _plan_tube(
     length = int(np.clip(round(rng.uniform(*preset.action_fraction) * num_frames), 2, num_frames - 1))
     t0 = int(rng.integers(0, num_frames - length + 1))
     frames = np.arange(num_frames)
-    u = np.clip((frames - t0) / (length - 1), 0.0, 1.0)  # progress; frozen at 0 before and 1 after the tube
+    if rng.uniform() < preset.burst_prob:
+        inside = burst_progress(rng, length, preset.burst_share, preset.burst_factor)
+    else:
+        inside = np.linspace(0.0, 1.0, length)
+    # progress; frozen at 0 before and 1 after the tube
+    u = np.concatenate([np.zeros(t0), inside, np.ones(num_frames - t0 - length)])
     offsets = motion_offsets(name, u, min(height, width), rng.uniform(*preset.speed), rng)
     traj = place(offsets, rng.uniform(0, 2 * np.pi), look.radius, height, width, rng)
     in_tube = (frames >= t0) & (frames < t0 + length)
@@ -237,6 +253,8 @@ def _make_spatiotemporal(spec: VideoSpec, root: Path, preset: SynthPreset, seed:
     for actor in range(int(rng.integers(preset.actors[0], preset.actors[1] + 1))):
         look = random_appearance(rng, min(height, width), preset.actor_size)
         traj, present, t0, t1 = _plan_tube(rng, MOTIONS[spec.label], num_frames, preset, look)
+        if rng.uniform() < preset.prop_prob:  # behind its actor, and in the scene for the whole video
+            paint_prop(frames, traj, look, random_prop(rng, spec.label, look), np.ones(num_frames, bool))
         masks = paint_actor(frames, traj, look, present)  # bool [T, H, W], the full (amodal) actor
         rows += _box_rows(spec, actor, masks, t0, t1)
     if rng.uniform() < preset.occluder_prob:

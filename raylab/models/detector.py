@@ -133,7 +133,7 @@ class Detector(nn.Module):
                                     cfg.class_dim, cfg.routing_iters)
             self.condition = nn.Linear(num_classes * cfg.class_dim, cfg.cond_channels)
         else:
-            self.head = nn.Linear(widths[-1], num_classes)
+            self.head = nn.Linear(2 * widths[-1], num_classes)  # over mean- and max-pooled features
             self.condition = nn.Linear(num_classes, cfg.cond_channels)
         self.bottleneck = _conv_bn(widths[-1] + cfg.cond_channels, widths[-1], kernel=1)
         # Top-down path (FPN-style): the encoder also projects each shallower stage's features (a lateral,
@@ -179,7 +179,8 @@ class Detector(nn.Module):
             out["class_lengths"] = scores
             out["class_probs"] = scores / scores.sum(-1, keepdim=True).clamp_min(1e-8)
         else:
-            scores = self.head(deep.mean((2, 3, 4)))
+            # the max finds a small cue (an object the action comes with) that the mean dilutes
+            scores = self.head(torch.cat([deep.mean((2, 3, 4)), deep.amax((2, 3, 4))], 1))
             out["class_logits"] = scores
             out["class_probs"] = scores.softmax(-1)
         mask = self._class_mask(scores.detach(), condition)  # [B, C]
