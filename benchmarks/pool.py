@@ -21,7 +21,7 @@ the machine's CPU time that processes outside the benchmark used while a size wa
 (benchmarks/scale.py's OtherLoad: 0.25 is half a core of 2). Last line of output: JSON
 {"sizes": {"100000": {...}, "800000": {...}}, "rss_ratio", "throughput_ratio", ...}.
 
-    python -m benchmarks.pool                          # 100k and 800k frames: about 15 minutes on 2 cores
+    python -m benchmarks.pool                          # 100k and 800k frames: about 5 minutes on 2 cores
     python -m benchmarks.pool --sizes 1000000 10000000 # on a cluster node with more CPUs (--num-cpus)
 """
 
