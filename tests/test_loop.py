@@ -191,7 +191,7 @@ def test_killed_runs_resume_and_label_the_same_frames(smoke_run, tmp_path):
     kill_when(raylab(*smoke_args(run, synth), log=log), training, log)
     assert read_state(run)["step"] is None
 
-    scores_tmp = run / "scores" / ".cycle=0.tmp"
+    scores_tmp = run / "scores" / ".cycle=0.partial"  # scoring has begun: its shards go here
     kill_when(raylab(*smoke_args(run, synth), log=log), scores_tmp.exists, log)
     assert read_state(run)["step"] == "evaluate" and not (run / "scores" / "cycle=0").exists()
 
