@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +48,11 @@ def initial_requests(index: pd.DataFrame, fraction: float, seed: int) -> pd.Data
     """The initial frames (ASL Sec. 4): `fraction` of the frames of each video of `index`, rounded, at
     least one, drawn uniformly at random within the video, so that every video starts with a label."""
     rng = np.random.default_rng(seed)
-    videos, frames = [], []
+    rows = []
     for video_id, n in zip(index["video_id"], index["num_frames"]):
         count = min(int(n), max(1, int(round(fraction * int(n)))))
-        frames.append(np.sort(rng.choice(int(n), count, replace=False)))
-        videos.append(np.repeat(video_id, count))
-    return pd.DataFrame({"video_id": np.concatenate(videos) if videos else np.array([], dtype=object),
-                         "frame": np.concatenate(frames).astype(np.int64) if frames else np.array([], np.int64)})
+        rows += [(video_id, int(f)) for f in np.sort(rng.choice(int(n), count, replace=False))]
+    return pd.DataFrame(rows, columns=["video_id", "frame"]).astype({"frame": np.int64})
 
 
 def prepare(cfg: Config) -> Path:
@@ -102,9 +101,11 @@ def training_clips(cfg: Config, train: pd.DataFrame, labelled: dict, cycle: int)
     return clips.sample(frac=1.0, random_state=cfg.seed + cycle).reset_index(drop=True)
 
 
-def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int):
-    """The Ray Data clip stream of a cycle (`training_clips`)."""
-    clips = training_clips(cfg, data.train, store.labelled_frames(), cycle)
+def training_dataset(cfg: Config, data: RunData, store: LabelStore, cycle: int,
+                     clips: pd.DataFrame | None = None):
+    """The Ray Data clip stream of a cycle (`clips`, by default `training_clips`)."""
+    if clips is None:
+        clips = training_clips(cfg, data.train, store.labelled_frames(), cycle)
     return quiet_per_epoch(clip_stream(cfg, clips, data.root, data.index, store))
 
 
@@ -115,7 +116,11 @@ def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
     from raylab.train import train_cycle
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.in_process)
-    train_cycle(cfg, data.paths.path, cycle, training_dataset(cfg, data, store, cycle), len(data.classes))
+    clips = training_clips(cfg, data.train, store.labelled_frames(), cycle)
+    epochs = cfg.train.cycle_epochs(len(clips))  # few labels train as long as many (train.min_clips)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    dataset = training_dataset(cfg, data, store, cycle, clips)
+    train_cycle(cfg, data.paths.path, cycle, dataset, len(data.classes))
 
 
 def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:

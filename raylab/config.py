@@ -132,11 +132,14 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8  # passes over the cycle's training clips
+    epochs: int = 8  # passes over the cycle's training clips (at least; see min_clips)
+    min_clips: int = 8000  # a cycle trains on at least this many clips: epochs are added to a cycle with few
+    #                        clips, so that few labels are trained as long as many (0 = exactly `epochs`)
     lr: float = 2e-3  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
     cls_weight: float = 1.0  # weight of the classification (margin) loss in the total
     loc_weight: float = 1.0  # weight of the localization (MGW-weighted BCE) loss in the total
+    flip: bool = True  # mirror half of the training clips left-right (frames and targets together)
     num_workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # one GPU per worker and the nccl backend; gloo on CPU otherwise
     cpus_per_worker: float = 1.0  # CPUs reserved per training worker
@@ -151,9 +154,14 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.cpus_per_worker <= 0:
             raise ConfigError("train.lr and train.cpus_per_worker must be > 0")
-        for name in ("weight_decay", "cls_weight", "loc_weight", "checkpoint_every", "max_failures"):
+        for name in ("weight_decay", "cls_weight", "loc_weight", "checkpoint_every", "max_failures",
+                     "min_clips"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+
+    def cycle_epochs(self, clips: int) -> int:
+        """Epochs of a cycle that has `clips` training clips: `epochs`, or more to reach `min_clips`."""
+        return max(self.epochs, math.ceil(self.min_clips / max(clips, 1)))
 
 
 @dataclass(frozen=True)

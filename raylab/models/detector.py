@@ -61,6 +61,16 @@ def batch_tensors(batch: dict, device=None) -> dict[str, torch.Tensor]:
     }
 
 
+def random_flip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mirror half of the clips of a batch (`batch_tensors`) left-right, frames and foreground targets
+    together, drawing from torch's RNG: the action and its boxes are the same seen in a mirror."""
+    flip = torch.rand(len(tensors["label"]), device=tensors["clip"].device) < 0.5
+    out = dict(tensors)
+    out["clip"] = torch.where(flip[:, None, None, None, None], tensors["clip"].flip(-1), tensors["clip"])
+    out["fg"] = torch.where(flip[:, None, None, None], tensors["fg"].flip(-1), tensors["fg"])
+    return out
+
+
 def _conv_bn(cin: int, cout: int, stride=1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
                          nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
