@@ -1,0 +1,106 @@
+"""Where a trained ASL detector loses frame-mAP: classification, boxes, or frames without an actor.
+
+Takes a run directory and a cycle and re-predicts the test split with that cycle's checkpoint, then
+reports what a perfect part would give: the metrics as evaluated, with the true class substituted for
+the predicted class probabilities, and with the true class and no actionness threshold; the box IoU of
+the largest connected component on every ground-truth frame; and how the actionness threshold (set on
+labelled training frames) splits test frames with and without an actor. IoUs use ACT's +1-pixel
+convention, as frame-mAP does.
+
+    python -m benchmarks.diagnose runs/results/synth0-f1.0-s0 --cycle 0
+
+Last line of output: JSON {"video_accuracy", "actionness_threshold", "box_iou_mean", "box_iou_ge_0.5",
+"actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
+"frame_map@0.5": {"predicted", "true_class", "true_class_no_threshold"}, "video_map@0.5": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from raylab.eval.boxes import iou2d_pairs
+from raylab.eval.masks import actionness, largest_component, masks_to_detections
+from raylab.eval.predict import _predict_videos, ground_truth_document
+from raylab.eval.stad import evaluate_stad
+from raylab.rundir import load_run, read_metrics
+from raylab.train import MODEL_FILE, load_detector
+
+VARIANTS = ("predicted", "true_class", "true_class_no_threshold")
+
+
+def component_box(mask: np.ndarray, scale: tuple[float, float]) -> np.ndarray | None:
+    """[x1, y1, x2, y2] of the largest component of a bool mask, in the video's pixels; None if empty."""
+    component = largest_component(mask)
+    if not component.any():
+        return None
+    ys, xs = np.nonzero(component)
+    return np.array([xs.min() * scale[0], ys.min() * scale[1], (xs.max() + 1) * scale[0],
+                     (ys.max() + 1) * scale[1]])
+
+
+def diagnose(run: Path, cycle: int) -> dict:
+    data = load_run(run)
+    cfg = data.cfg
+    record = next(r for r in read_metrics(run) if r["cycle"] == cycle)
+    threshold = record.get("actionness_threshold", 0.0)
+    model = load_detector(data.paths.checkpoint_dir(cycle) / MODEL_FILE)
+    test = data.index[data.index["split"] == "test"].reset_index(drop=True)
+    gt = data.gt[data.gt["video_id"].isin(test["video_id"])]
+    classes, size = data.classes, (cfg.clips.height, cfg.clips.width)
+    docs = {v: ground_truth_document(test, gt, classes) for v in VARIANTS}
+    for doc in docs.values():
+        doc["frame_detections"], doc["tube_detections"] = [], []
+    ious, scores, has_actor, hits = [], [], [], []
+    boxes: dict[tuple[str, int], list] = {}  # the ground truth's boxes of each frame
+    for v, f, x1, y1, x2, y2 in gt[["video_id", "frame", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+        boxes.setdefault((v, int(f)), []).append([x1, y1, x2, y2])
+    for row, fg, class_probs in _predict_videos(model, test, data.root, cfg.clips.length, size,
+                                                cfg.clips.batch_size, "cpu"):
+        hits.append(int(np.argmax(class_probs)) == int(row.label))
+        scale = (row.width / size[1], row.height / size[0])
+        true = np.eye(len(classes))[row.label]
+        for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),
+                                    ("true_class_no_threshold", true, 0.0)):
+            f, t = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, probs, scale_xy=scale,
+                                       top_k=len(classes), min_actionness=cut)
+            docs[variant]["frame_detections"] += f
+            docs[variant]["tube_detections"] += t
+        frame_actionness = actionness(fg)
+        for i in range(row.num_frames):
+            target = boxes.get((row.video_id, i))
+            scores.append(frame_actionness[i])
+            has_actor.append(target is not None)
+            if target is not None:  # the component's IoU with the actor it covers best (ACT's +1 pixel)
+                box = component_box(fg[i] >= 0.5, scale)
+                target = np.asarray(target, np.float64)
+                ious.append(0.0 if box is None else float(iou2d_pairs(np.broadcast_to(box, target.shape),
+                                                                      target).max()))
+    scores, has_actor, ious = np.array(scores), np.array(has_actor), np.array(ious)
+    metrics = {v: evaluate_stad(docs[v]) for v in VARIANTS}
+    return {
+        "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
+        "video_accuracy": float(np.mean(hits)), "actionness_threshold": threshold,
+        "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
+        "actionness": {"with_actor": float(scores[has_actor].mean()),
+                       "without_actor": float(scores[~has_actor].mean()),
+                       "with_actor_kept": float((scores[has_actor] >= threshold).mean()),
+                       "without_actor_kept": float((scores[~has_actor] >= threshold).mean())},
+        "frame_map@0.5": {v: metrics[v]["frame_map"]["0.5"] for v in VARIANTS},
+        "video_map@0.5": {v: metrics[v]["video_map"]["0.5"] for v in VARIANTS},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--cycle", type=int, default=0)
+    args = parser.parse_args()
+    print(json.dumps(diagnose(args.run, args.cycle)))
+
+
+if __name__ == "__main__":
+    main()
