@@ -78,7 +78,7 @@ def test_batch_format_is_checked():
 
 def test_a_training_cycle_runs_in_process_without_ray_train(tmp_path_factory, one_torch_thread):
     """`ray.in_process`: the detector's worker function runs here and leaves the same files."""
-    from raylab.asl import training_dataset
+    from raylab.asl import training_clips, training_dataset
     from raylab.train import MODEL_FILE, load_detector, train_cycle
 
     cfg, run, data, store = open_tiny_run(tmp_path_factory, "pipelines/smoke.yaml", "ray.in_process=true",
@@ -90,6 +90,6 @@ def test_a_training_cycle_runs_in_process_without_ray_train(tmp_path_factory, on
     lines = (run / "checkpoints" / "cycle=0" / "history.jsonl").read_text().splitlines()
     history = [json.loads(x) for x in lines]
     assert [h["epoch"] for h in history] == [0, 1] == [h["epoch"] for h in result.history]
-    assert history[0]["clips"] == len(store)  # one clip per labelled frame
+    assert history[0]["clips"] == len(training_clips(cfg, data.train, store.labelled_frames(), 0))
     assert not (run / "ray_train").exists()  # no Ray Train run
     load_detector(result.checkpoint)  # loads as a Ray Train checkpoint would

@@ -12,14 +12,27 @@ import pytest
 from raylab.quiet import ray_output_to, terminal
 
 
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+
+
 @pytest.fixture
 def console():
-    """A root StreamHandler on descriptor 2, as `raylab`'s logging.basicConfig makes."""
+    """A root StreamHandler on descriptor 2, as `raylab`'s logging.basicConfig makes, and Ray's loggers as
+    they are before `ray.init` (which gives them handlers of their own and stops their propagation: an
+    earlier test of the session may have started Ray)."""
     handler = logging.StreamHandler(os.fdopen(2, "w", buffering=1, closefd=False))
     root = logging.getLogger()
     root.addHandler(handler)
     level, root.level = root.level, logging.INFO
+    saved = {}
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.propagate, logger.level)
+        logger.handlers, logger.propagate, logger.level = [], True, logging.NOTSET
     yield handler
+    for name, (handlers, propagate, lvl) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate, logger.level = handlers, propagate, lvl
     root.removeHandler(handler)
     root.level = level
 
