@@ -24,7 +24,7 @@ import numpy as np
 
 from raylab.eval.boxes import iou2d_pairs
 from raylab.eval.masks import actionness, largest_component, masks_to_detections
-from raylab.eval.predict import _predict_videos, ground_truth_document
+from raylab.eval.predict import ground_truth_document, predict_each_video
 from raylab.eval.stad import evaluate_stad
 from raylab.rundir import load_run, read_metrics
 from raylab.train import MODEL_FILE, load_detector
@@ -58,7 +58,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     boxes: dict[tuple[str, int], list] = {}  # the ground truth's boxes of each frame
     for v, f, x1, y1, x2, y2 in gt[["video_id", "frame", "x1", "y1", "x2", "y2"]].itertuples(index=False):
         boxes.setdefault((v, int(f)), []).append([x1, y1, x2, y2])
-    for row, fg, class_probs in _predict_videos(model, test, data.root, cfg.clips.length, size,
+    for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
                                                 cfg.clips.batch_size, "cpu"):
         hits.append(int(np.argmax(class_probs)) == int(row.label))
         scale = (row.width / size[1], row.height / size[0])

@@ -63,8 +63,8 @@ def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[s
     return {"labels": list(classes), "videos": videos}
 
 
-def _predict_videos(model, index: pd.DataFrame, video_root: str | Path, length: int, size: tuple[int, int],
-                    batch: int, device):
+def predict_each_video(model, index: pd.DataFrame, video_root: str | Path, length: int,
+                       size: tuple[int, int], batch: int, device):
     """(index row, foreground probabilities, class probabilities) of every video of `index`, in order."""
     model.eval()
     for row in index.itertuples(index=False):
@@ -83,8 +83,8 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
     """
     by_video = dict(tuple(labels.groupby("video_id")))
     scores, has_actor = [], []
-    for row, fg, _ in _predict_videos(model, index[index["video_id"].isin(by_video)], video_root, length,
-                                       size, batch, device):
+    for row, fg, _ in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root, length,
+                                         size, batch, device):
         rows = by_video[row.video_id]
         scores.append(actionness(fg[rows["frame"].to_numpy(np.int64)]))
         has_actor.append(np.array([len(b) > 0 for b in rows["boxes"]], dtype=bool))
@@ -103,7 +103,7 @@ def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[
     """
     doc = ground_truth_document(index, gt, classes)
     doc["frame_detections"], doc["tube_detections"], doc["predicted_classes"] = [], [], {}
-    for row, fg, class_probs in _predict_videos(model, index, video_root, length, size, batch, device):
+    for row, fg, class_probs in predict_each_video(model, index, video_root, length, size, batch, device):
         doc["predicted_classes"][row.video_id] = int(np.argmax(class_probs))
         scale = (row.width / size[1], row.height / size[0])
         # a scored detection per class, as detectors report them: a misclassified video still ranks
