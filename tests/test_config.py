@@ -36,3 +36,13 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(path)
+
+
+def test_cycle_epochs_reach_min_clips():
+    train = load_config(overrides=["train.epochs=8", "train.min_clips=8000"]).train
+    assert train.cycle_epochs(240) == 34  # few clips: more epochs
+    assert train.cycle_epochs(632) == 13
+    assert train.cycle_epochs(5000) == 8  # many clips: the epochs asked for
+    assert load_config(overrides=["train.min_clips=0"]).train.cycle_epochs(10) == 8
+    with pytest.raises(ConfigError, match="train.min_clips must be >= 0"):
+        load_config(overrides=["train.min_clips=-1"])
