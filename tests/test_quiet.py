@@ -11,7 +11,6 @@ import pytest
 
 from raylab.quiet import ray_output_to, terminal
 
-
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
 

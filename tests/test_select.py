@@ -124,7 +124,8 @@ def test_apu_local_budget_split():
 
 
 def test_equidistant_fills_the_largest_gaps():
-    # v0: n 5, labelled 0 -> gap (0, 5) size 5; v1: labelled 2 -> gaps (-1, 2) 3, (2, 5) 3; v2: none -> (-1, 5) 6
+    # v0: n 5, labelled 0 -> gap (0, 5) of size 5; v1: labelled 2 -> gaps (-1, 2), (2, 5) of size 3;
+    # v2: none -> (-1, 5) of size 6
     out = select_frames(score_table(U3), LAB3, NF3, budget=5, strategy="equidistant")
     # v2 mid 2; then v0 (0,5) mid 2.5 -> 2 (lower); then the size-3 gaps in video order: v0 (2,5) -> 3,
     # v1 (-1,2) -> 0 (nearest 0.5, lower), v1 (2,5) -> 3
