@@ -23,23 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from raylab.eval.boxes import iou2d_pairs
-from raylab.eval.masks import actionness, largest_component, masks_to_detections
+from raylab.eval.masks import actionness, masks_to_detections
 from raylab.eval.predict import ground_truth_document, predict_each_video
 from raylab.eval.stad import evaluate_stad
 from raylab.rundir import load_run, read_metrics
 from raylab.train import MODEL_FILE, load_detector
 
 VARIANTS = ("predicted", "true_class", "true_class_no_threshold")
-
-
-def component_box(mask: np.ndarray, scale: tuple[float, float]) -> np.ndarray | None:
-    """[x1, y1, x2, y2] of the largest component of a bool mask, in the video's pixels; None if empty."""
-    component = largest_component(mask)
-    if not component.any():
-        return None
-    ys, xs = np.nonzero(component)
-    return np.array([xs.min() * scale[0], ys.min() * scale[1], (xs.max() + 1) * scale[0],
-                     (ys.max() + 1) * scale[1]])
 
 
 def diagnose(run: Path, cycle: int) -> dict:
@@ -69,13 +59,15 @@ def diagnose(run: Path, cycle: int) -> dict:
                                        top_k=len(classes), min_actionness=cut)
             docs[variant]["frame_detections"] += f
             docs[variant]["tube_detections"] += t
+        # the boxes of every frame (no threshold; one per frame: those of the true class), frames 1-based
+        component = {d["frame"] - 1: np.array(d["box"]) for d in f if d["label"] == row.label}
         frame_actionness = actionness(fg)
         for i in range(row.num_frames):
             target = boxes.get((row.video_id, i))
             scores.append(frame_actionness[i])
             has_actor.append(target is not None)
             if target is not None:  # the component's IoU with the actor it covers best (ACT's +1 pixel)
-                box = component_box(fg[i] >= 0.5, scale)
+                box = component.get(i)
                 target = np.asarray(target, np.float64)
                 ious.append(0.0 if box is None else float(iou2d_pairs(np.broadcast_to(box, target.shape),
                                                                       target).max()))
