@@ -255,12 +255,18 @@ def open_partial(folder: Path, signature: dict) -> list[tuple[int, int]]:
     return []
 
 
+MID_RUN = (0.1, 0.6)  # the shares of a step's clips between which its mid-run rate is timed
+
+
 def _consume(records, total_clips: int) -> dict:
-    """Drain the pool's shard records; what was scored, and how fast once the first shard was in."""
+    """Drain the pool's shard records; what was scored, and how fast: from the first shard on, and
+    mid-run (between the shards that bring the step to 10% and to 60% of its clips), where neither
+    the actors' start-up nor the last blocks, scored with every CPU once decoding has ended, count."""
     start = time.perf_counter()
     first = None
     clips = frames = after_first = shards = 0
     peak = anon = 0.0
+    mid = [None, None]  # (time, frames) when 10% and when 60% of the clips were in
     for rec in records:
         now = time.perf_counter()
         n_frames = int(rec["frames"].sum())
@@ -271,14 +277,21 @@ def _consume(records, total_clips: int) -> dict:
         clips += int((rec["clip_stop"] - rec["clip_start"]).sum())
         frames += n_frames
         shards += len(rec["frames"])
+        for k, share in enumerate(MID_RUN):
+            if mid[k] is None and clips >= share * total_clips:
+                mid[k] = (now, frames)
         peak = max(peak, float(rec["peak_rss_mb"].max(initial=0.0)))
         anon = max(anon, float(np.nanmax(rec["anon_rss_mb"], initial=0.0)))
         log.debug("scored clips %d of %d", clips, total_clips)
     end = time.perf_counter()
     steady = after_first / (end - first) if first is not None and end > first else None
+    mid_rate = None
+    if mid[1] is not None and mid[1][0] > mid[0][0]:
+        mid_rate = (mid[1][1] - mid[0][1]) / (mid[1][0] - mid[0][0])
     return {"clips_scored": clips, "frames_scored": frames, "shards_written": shards,
             "seconds": end - start, "first_shard_s": None if first is None else first - start,
-            "frames_per_s": steady, "actor_peak_rss_mb": peak, "actor_anon_rss_mb": anon}
+            "frames_per_s": steady, "mid_frames_per_s": mid_rate,
+            "actor_peak_rss_mb": peak, "actor_anon_rss_mb": anon}
 
 
 def score_cycle(cfg: Config, data, store, cycle: int) -> Path:
