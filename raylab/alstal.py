@@ -180,6 +180,7 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
               "labelled_videos": len(labelled), "labelled_frames": int(sum(frames[v] for v in labelled)),
               "cost": store.cost(),
+              "clicks_fraction": store.cost() / max(len(data.train) * cfg.alstal.cost_per_video, 1e-9),
               "metrics": {"map": {**result["map"], "avg": result["average_map"]}},
               "train_history": [json.loads(line) for line in history.read_text().splitlines()]
               if history.is_file() else []}

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from raylab.clicks import TOLERANCE, clicks_budget, full_clicks, spend_clicks
 from raylab.config import Config
 from raylab.data.annotations import load_dataset
 from raylab.data.clips import annotated_clips, video_clips
@@ -145,6 +147,7 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     history = checkpoint / "history.jsonl"
     record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
               "labelled_frames": len(store), "cost": store.cost(),
+              "clicks_fraction": store.cost() / max(total_clicks(cfg, data), TOLERANCE),
               "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
               "video_accuracy": video_accuracy(doc, test), "actionness_threshold": threshold,
               "train_history": [json.loads(line) for line in history.read_text().splitlines()]
@@ -162,9 +165,18 @@ def score_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
     score_cycle(cfg, data, store, cycle)
 
 
-def cycle_budget(cfg: Config, data: RunData, store: LabelStore) -> int:
-    """Frames to select this cycle: step_fraction of the training frames, never past loop.budget."""
+def total_clicks(cfg: Config, data: RunData) -> float:
+    """The clicks of labelling every training frame (raylab/clicks.py)."""
+    return full_clicks(data.gt, data.train["video_id"], cfg.loop.clicks_per_actor)
+
+
+def cycle_budget(cfg: Config, data: RunData, store: LabelStore) -> float:
+    """Frames to select this cycle: step_fraction of the training frames, never past loop.budget; with
+    loop.budget_unit clicks, the same fractions of the clicks of labelling every training frame."""
     total = int(data.train["num_frames"].sum())
+    if cfg.loop.budget_unit == "clicks":
+        left = clicks_budget(cfg.loop.step_fraction, cfg.loop.budget, total_clicks(cfg, data), store.cost())
+        return left if len(store) < total else 0.0
     step = max(1, int(round(cfg.loop.step_fraction * total)))
     return max(0, min(step, int(np.floor(cfg.loop.budget * total + 1e-9)) - len(store), total - len(store)))
 
@@ -182,11 +194,28 @@ def select_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> No
 
         entropy = ("entropy",) if cfg.loop.strategy == "entropy" else ()
         scores = read_score_columns(data.paths.scores(cycle), ("video_id", "frame", "uncertainty", *entropy))
-    picked = select_frames(scores, store.to_pandas()[["video_id", "frame"]],
-                           dict(zip(train["video_id"], train["num_frames"])), cycle_budget(cfg, data, store),
-                           cfg.loop.strategy, sigma=cfg.labels.sigma, lam=cfg.loop.lam, seed=cfg.seed + cycle,
-                           min_gap=cfg.loop.min_gap)
+    labelled = store.to_pandas()[["video_id", "frame"]]
+    num_frames = dict(zip(train["video_id"], train["num_frames"]))
+
+    def pick(budget: int) -> pd.DataFrame:
+        return select_frames(scores, labelled, num_frames, budget, cfg.loop.strategy, sigma=cfg.labels.sigma,
+                             lam=cfg.loop.lam, seed=cfg.seed + cycle, min_gap=cfg.loop.min_gap)
+
+    budget = cycle_budget(cfg, data, store)
+    picked = pick(budget) if cfg.loop.budget_unit == "frames" else _pick_clicks(cfg, data, pick, budget)
     write_parquet_atomic(data.paths.selection(cycle), picked)
+
+
+def _pick_clicks(cfg: Config, data: RunData, pick, clicks: float) -> pd.DataFrame:
+    """The ranked selection cut where its clicks pass `clicks` (raylab/clicks.py); a longer list is asked
+    for until its clicks pass the budget or the candidates run out."""
+    n = max(1, math.ceil(clicks / cfg.loop.clicks_per_actor)) if cfg.loop.clicks_per_actor > 0 else 1
+    while True:
+        picked = pick(n)
+        costs = reveal_frames(data.gt, picked[["video_id", "frame"]], cfg.loop.clicks_per_actor)["cost"]
+        if costs.sum() > clicks + TOLERANCE or len(picked) < n:
+            return picked.head(spend_clicks(costs.to_numpy(), clicks))
+        n *= 2
 
 
 def annotate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:

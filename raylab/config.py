@@ -250,8 +250,12 @@ class ALSTALConfig:
     top_k: int = 100  # segments kept per video after Soft-NMS
     cost_per_video: float = 1.0  # annotation cost of one video (AL-STAL counts videos)
     preset: str = "thumos14"  # tIoU thresholds of the evaluation: thumos14 (0.3:0.1:0.7) | activitynet
+    passes: str = "deterministic"  # p̃ for TPE / TCI: deterministic (the paper: one eval-mode pass) |
+    #                                mc (raylab's own: the mean of score.trials MC-dropout passes)
 
     def __post_init__(self):
+        if self.passes not in ("deterministic", "mc"):
+            raise ConfigError(f"alstal.passes must be deterministic or mc, got {self.passes!r}")
         if self.score not in ALSTAL_SCORES:
             raise ConfigError(f"alstal.score must be one of {', '.join(ALSTAL_SCORES)}, got {self.score!r}")
         if self.aggregation not in ("max", "sum", "mean-max"):
@@ -269,6 +273,7 @@ class ALSTALConfig:
 
 
 ORACLES = ("simulated", "human")
+BUDGET_UNITS = ("frames", "clicks")
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,8 @@ class LoopConfig:
     target_value: float = 0.0  # the value of target_metric that ends the run
     oracle: str = "simulated"  # simulated (reveals ground truth) | human (raylab export / raylab import)
     clicks_per_actor: float = 2.0  # annotation cost of one box (two corners)
+    budget_unit: str = "frames"  # what step_fraction and budget count: frames | clicks (a fraction of the
+    #                              clicks of labelling every training frame; docs/studies.md)
 
     def __post_init__(self):
         from raylab.acquisition.select import STRATEGIES  # the registry, with strategies users added
@@ -292,6 +299,11 @@ class LoopConfig:
             raise ConfigError(f"loop.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.oracle not in ORACLES:
             raise ConfigError(f"loop.oracle must be one of {', '.join(ORACLES)}, got {self.oracle!r}")
+        if self.budget_unit not in BUDGET_UNITS:
+            raise ConfigError(f"loop.budget_unit must be frames or clicks, got {self.budget_unit!r}")
+        if self.budget_unit == "clicks" and self.oracle != "simulated":
+            raise ConfigError("loop.budget_unit clicks needs loop.oracle simulated (a frame's clicks are "
+                              "known once it is labelled: the simulated oracle spends them in rank order)")
         if not 0 <= self.lam <= 1:
             raise ConfigError(f"loop.lam must be in [0, 1], got {self.lam}")
         if not 0 < self.step_fraction <= 1 or not 0 < self.budget <= 1:
@@ -347,6 +359,9 @@ class Config:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.method == "alstal" and self.loop.budget_unit != "frames":
+            raise ConfigError("loop.budget_unit clicks is for ASL: an AL-STAL video costs "
+                              "alstal.cost_per_video whatever it holds, so clicks count videos")
         if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
             raise ConfigError(f"name must be a plain folder name (the run directory is runs/<name>), "
                               f"got {self.name!r}")
