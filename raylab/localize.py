@@ -9,8 +9,9 @@ What train.py and score.py are to ASL's detector, this module is to the AL-STAL 
 - `train_localizer_cycle`: a Ray Train cycle (`train.fit_cycle`, `train.worker_loop`), plain-torch
   `train_epoch`; `save_localizer` / `load_localizer`.
 - `score_videos`: a Ray Data actor pool, one whole video per model call (the localizer is fully
-  convolutional): MC dropout -> TPE or TCI -> the video score, and in the same pass the eval-mode
-  detections above `alstal.pseudo_threshold` as pseudo-labels.
+  convolutional): p̃ of the eval-mode pass (the paper; `alstal.passes: mc`: the mean of MC-dropout
+  passes) -> TPE or TCI -> the video score, and from the same eval-mode pass the detections above
+  `alstal.pseudo_threshold` as pseudo-labels.
 - `predict_videos` / `evaluate_videos`: plain torch in one process, mAP at tIoU (`eval.tal`).
 
 Units. Feature i of a video covers snippet [i, i + 1) and starts at frame i * snippet_stride:
@@ -312,17 +313,23 @@ def score_video(model: Localizer, x: torch.Tensor, video_id: str, trials: int, a
 
     Args:
         x: the whole video's features [1, D, T]. alstal: score (tpe | tci | random), aggregation,
-            radius, regions, nms_sigma, top_k.
+            radius, regions, nms_sigma, top_k, passes (deterministic: p̃ of the eval-mode pass, as
+            the paper; mc: the mean over `trials` MC-dropout passes).
 
     Returns:
         (score: float, NaN for random; `detections` in snippets).
     """
     model.eval()
     feats = model.encode(x)  # deterministic: the only dropout is in decode
-    found = detections(model.decode(feats), alstal)
+    outputs = model.decode(feats)
+    found = detections(outputs, alstal)
     if alstal.score == "random":
         return math.nan, found
-    probs = mc_class_probs(model, feats, trials, video_seed(video_id))
+    if alstal.passes == "deterministic":  # the paper: p̃ of the one eval-mode pass
+        levels = per_level(outputs["class_probs"][0], outputs["level"], dim=0)
+        probs = [p.double().cpu().numpy() for p in levels]
+    else:  # raylab's own option: the mean of `trials` MC-dropout passes
+        probs = mc_class_probs(model, feats, trials, video_seed(video_id))
     table = video_scores({video_id: probs}, alstal.score, alstal.aggregation, alstal.radius, alstal.regions)
     return float(table["score"].iloc[0]), found
 

@@ -57,6 +57,7 @@ SCHEDULERS = ("asha", "none")
 # config keys holding paths (config.PATH_KEYS) are made absolute before trials start: Tune runs each trial
 # in a folder of its own
 TRIAL_FILE = "trial.json"  # in each trial's run directory: trial id and its knob values
+ARM = "arm"  # a study's knob naming one of its arms (a set of overrides), not a config key
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ class SweepConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: TrialResources = field(default_factory=TrialResources)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)  # a study's named arms (raylab/study.py)
+
+    def config_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's dotted config keys and values: its knobs, with the knob `arm` (a study's) replaced
+        by the overrides of the arm it names."""
+        values = {k: v for k, v in params.items() if k != ARM}
+        return {**self.arms.get(params.get(ARM), {}), **values}
 
     @property
     def metric(self) -> str:
@@ -248,11 +256,19 @@ def _apply(tree: dict, values: dict[str, Any]) -> dict:
 # ---- the objective ----------------------------------------------------------------------------------
 
 
-def curve(records: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled fraction, metric) of every evaluated cycle, in cycle order."""
-    x = np.array([r["labelled_fraction"] for r in records], dtype=np.float64)
-    y = np.array([metric_value(r, metric) for r in records], dtype=np.float64)
-    return x, y
+def curve(records: list[dict], metric: str, x: str = "labelled_fraction") -> tuple[np.ndarray, np.ndarray]:
+    """(x, metric) of every evaluated cycle, in cycle order; x is a key of the metrics.jsonl lines
+    (labelled_fraction, or clicks_fraction: the clicks spent / the clicks of labelling every frame)."""
+    xs = np.array([r.get(x, math.nan) for r in records], dtype=np.float64)
+    ys = np.array([metric_value(r, metric) for r in records], dtype=np.float64)  # None (absent) -> NaN
+    return xs, ys
+
+
+def metric_at(records: list[dict], metric: str, at: float, x: str = "labelled_fraction") -> float:
+    """The metric where the curve's x equals `at`, interpolated linearly between the cycles around it
+    (held at the first / last value outside the curve)."""
+    xs, ys = curve(records, metric, x)
+    return float(np.interp(at, xs, ys))
 
 
 def objective_value(records: list[dict], objective: ObjectiveConfig, metric: str) -> float:
@@ -263,7 +279,7 @@ def objective_value(records: list[dict], objective: ObjectiveConfig, metric: str
     if np.isnan(y).any():
         raise ValueError(f"metric {metric} is missing from some cycles' metrics")
     if objective.kind == "at_budget":
-        return float(np.interp(objective.budget, x, y))
+        return metric_at(records, metric, objective.budget)
     end = objective.budget or x[-1]
     if end <= x[0]:
         return float(y[0])

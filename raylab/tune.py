@@ -141,7 +141,8 @@ def run_trial(params: dict, sweep: SweepConfig, runs_dir: str) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     run = Path(runs_dir) / trial_id
-    cfg = trial_config(sweep.base, params, sweep.resources, name=f"{sweep.name}-{trial_id}")
+    cfg = trial_config(sweep.base, sweep.config_values(params), sweep.resources,
+                       name=f"{sweep.name}-{trial_id}")
     torch.set_num_threads(max(1, int(sweep.resources.cpus_per_trial)))
     run.mkdir(parents=True, exist_ok=True)
     write_atomic(run / TRIAL_FILE, json.dumps({"trial_id": trial_id, "params": params}) + "\n")
@@ -193,6 +194,26 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
     Raises:
         RunStateError: `out` holds a sweep with other settings.
     """
+    out = Path(out).resolve()
+    errors = run_trials(sweep, out, verbose, scheduler)
+    runs_dir = out / "runs"
+    table = results_table(sweep, runs_dir)
+    write_atomic(out / "results.csv", table.to_csv(index=False))
+    from raylab.sweep_report import write_sweep_report
+
+    write_sweep_report(sweep, table, out / "report")
+    if errors:
+        log.warning("%d trial(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
+    return table
+
+
+def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -> list[str]:
+    """Run (or resume, with Tune's restore) the trials of `sweep`, each in out/runs/<trial id>; returns
+    the errors of the trials that failed. What `raylab sweep` and `raylab study` share.
+
+    Raises:
+        RunStateError: `out` holds a sweep or study with other settings.
+    """
     from ray import tune
 
     from raylab.data.stream import init_ray
@@ -207,7 +228,7 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
     experiment = out / "tune"
     trainable = _trainable(sweep, runs_dir)
     if tune.Tuner.can_restore(str(experiment)):
-        log.info("resuming sweep %s from %s", sweep.name, experiment)
+        log.info("resuming %s from %s", sweep.name, experiment)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
@@ -225,15 +246,7 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
                                       failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures)),
         )
     grid = tuner.fit()
-    errors = [str(e) for e in grid.errors]
-    table = results_table(sweep, runs_dir)
-    write_atomic(out / "results.csv", table.to_csv(index=False))
-    from raylab.sweep_report import write_sweep_report
-
-    write_sweep_report(sweep, table, out / "report")
-    if errors:
-        log.warning("%d trial(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
-    return table
+    return [str(e) for e in grid.errors]
 
 
 def summary(sweep: SweepConfig, table: pd.DataFrame, out: Path) -> str:

@@ -233,7 +233,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_to_the_same_result(smoke_sweep, 
     done = subprocess.run(sweep_command(out, synth), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "resuming sweep" in done.stderr
+    assert "resuming sweep_smoke from" in done.stderr
     assert trial_curves(out) == trial_curves(smoke_sweep[0] / "sweep")
 
 
