@@ -86,6 +86,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from raylab.study import load_study
+    from raylab.study_report import summary
+    from raylab.tune import run_study
+
+    study = load_study(args.study, args.set)
+    out = Path(args.dir or f"runs/{study.name}")
+    doc = run_study(study, out, verbose=0 if args.quiet else 1)
+    print(summary(doc, out))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from raylab.loop import describe_run
 
@@ -250,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=None, help="sweep directory (default runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no Tune status tables while it runs")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("study", help="a grid of whole runs on Ray Tune and the claims they test, paired "
+                       "over seeds; rerun to resume (docs/studies.md)")
+    p.add_argument("study", help="study YAML (pipeline, set, arms, grid, claims, statistic, resources)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the study file, e.g. grid.seed=[0,1] or set.loop.cycles=2")
+    p.add_argument("--dir", default=None, help="study directory (default runs/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no Tune status tables while it runs")
+    p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("status", help="where a run stands: cycle, step, metrics, pending selection")
     p.add_argument("run", help="run directory")

@@ -196,26 +196,27 @@ def _table_metrics(cfg: Config):
     return method_of(cfg).TABLE_METRICS
 
 
-def _knob(key: str, spec: Any, base: Config, path: Path) -> Knob:
+def _knob(key: str, spec: Any, base: Config, path: Path, section: str = "space") -> Knob:
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
-        raise ConfigError(f"{path}: space.{key} must be one of {{grid: [...]}}, {{choice: [...]}}, "
+        raise ConfigError(f"{path}: {section}.{key} must be one of {{grid: [...]}}, {{choice: [...]}}, "
                           f"{{uniform: [low, high]}}, {{loguniform: [low, high]}}, {{randint: [low, high]}}; "
                           f"got {spec!r}")
     kind, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
-        raise ConfigError(f"{path}: space.{key}.{kind} needs a non-empty list, got {values!r}")
+        raise ConfigError(f"{path}: {section}.{key}.{kind} needs a non-empty list, got {values!r}")
     if kind in ("uniform", "loguniform", "randint"):
         if len(values) != 2 or not values[0] < values[1]:
-            raise ConfigError(f"{path}: space.{key}.{kind} needs [low, high] with low < high, got {values}")
+            raise ConfigError(f"{path}: {section}.{key}.{kind} needs [low, high] with low < high, "
+                              f"got {values}")
         if kind == "loguniform" and values[0] <= 0:
-            raise ConfigError(f"{path}: space.{key}.loguniform needs low > 0, got {values[0]}")
+            raise ConfigError(f"{path}: {section}.{key}.loguniform needs low > 0, got {values[0]}")
         if kind == "randint":
             values = [values[0], values[1] - 1]  # Tune's randint excludes high; both ends are checked
     for value in values:  # every value (or both ends) must make a valid config
         try:
             trial_config(base, {key: value})
         except ConfigError as e:
-            raise ConfigError(f"{path}: space.{key} value {value!r}: {e}") from e
+            raise ConfigError(f"{path}: {section}.{key} value {value!r}: {e}") from e
     return Knob(key, kind, tuple(spec[kind]))
 
 

@@ -262,3 +262,16 @@ def summary(sweep: SweepConfig, table: pd.DataFrame, out: Path) -> str:
                      f"{best['objective']:.4f}")
     lines.append(f"results: {Path(out) / 'results.csv'}; report: {Path(out) / 'report' / 'index.html'}")
     return "\n".join(lines)
+
+
+def run_study(study, out: Path, verbose: int = 1) -> dict:
+    """Run (or resume) a study's cells as the trials of its sweep (`StudyConfig.sweep`: every key a
+    grid, no scheduler), then write study.json, study.csv and the report; returns study.json's dict.
+    A finished study runs nothing again: Tune's restore finds every trial done."""
+    from raylab.study_report import write_study
+
+    out = Path(out).resolve()
+    errors = run_trials(study.sweep(), out, verbose)
+    if errors:
+        log.warning("%d run(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
+    return write_study(study, out)

@@ -36,6 +36,8 @@ def bad_files(tmp: Path) -> None:
     (tmp / "stad.json").write_text(json.dumps({"labels": 3}))
     (tmp / "ls.json").write_text(json.dumps([{"data": {"video_id": "v", "raylab_run_id": "r",
                                                        "raylab_cycle": 0}, "annotations": 5}]))
+    (tmp / "study.yaml").write_text("pipeline: smoke.yaml\ngrid: {loop.strategy: [random]}\n")
+    (tmp / "smoke.yaml").write_text("name: smoke\n")
     (tmp / "evil.pkl").write_bytes(b"cbuiltins\nbytes\n(I1000000000000000\ntR.")
 
 
@@ -56,6 +58,11 @@ BAD_INPUT = [
     (["run", "deep.json"], "nested too deeply"),
     (["run", "--run-dir", "nothing"], "nothing holds no run (config.yaml not found); nothing was created"),
     (["sweep", "missing.yaml"], "cannot read sweep missing.yaml"),
+    (["study", "missing.yaml"], "cannot read study missing.yaml"),
+    (["study", "bad.yaml"], "bad.yaml: unknown key(s) clips"),
+    (["study", "study.yaml"], "grid.seed is missing: claims are paired over seeds"),
+    (["study", "study.yaml", "--set", "grid.seed=[0]", "--set", "claims=[{a: {seed: 0}, b: {seed: 1}, "
+      "metric: frame_map@0.5, at: 0.1}]"], "claims[0].a names the seed"),
     (["status", "nothing"], "nothing is not a run directory"),
     (["export", "nothing", "--format", "cvat"], "nothing is not a run directory"),
     (["export", "RUN", "--format", "cvat", "--out", "afile"], "afile exists: an export never replaces"),
