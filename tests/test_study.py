@@ -264,9 +264,11 @@ def test_smoke_study_writes_its_claims_curves_table_and_report(smoke_study):
     for pair in first["pairs"]:
         run = next(c["run_dir"] for c in doc["cells"]
                    if c["params"] == {"loop.strategy": "apu-global", "seed": pair["seed"]})
-        last = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])
-        assert last["labelled_fraction"] == pytest.approx(0.15, abs=0.01)
-        assert pair["a"] == pytest.approx(last["metrics"]["frame_map"]["0.5"])
+        lines = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        x = [r["labelled_fraction"] for r in lines]
+        assert x[0] < 0.15 <= x[1]  # 10.3% and 15.3%: read between the two cycles
+        y = [r["metrics"]["frame_map"]["0.5"] for r in lines]
+        assert pair["a"] == pytest.approx(np.interp(0.15, x, y))
     curves = doc["curves"]["frame_map@0.5"]
     assert set(curves) == {"apu-global", "random"} and curves["random"]["seeds"] == [2, 2]
     table = pd.read_csv(out / "study.csv")
