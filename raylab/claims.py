@@ -130,14 +130,20 @@ def _result(claim: Claim, name: str, rows: list[dict], reason: str, statistic: S
             "seeds": len(rows), "a": claim.a, "b": claim.b, "pairs": rows, "reason": reason}
 
 
+def at_text(result: dict) -> str:
+    """Where a claim is read, as the tables show it: "5.0% labelled" (labelled_fraction: frames for
+    ASL, videos for AL-STAL) or "4.0% clicks"."""
+    return f"{result['at']:.1%} {'labelled' if result['unit'] == 'frames' else result['unit']}"
+
+
 def format_claims(results: list[dict]) -> str:
     """The claims table `raylab study` prints."""
-    head = f"{'claim':<44} {'metric':<14} {'at':>12} {'effect':>9} {'95% interval':>20} {'seeds':>5}  verdict"
+    head = f"{'claim':<44} {'metric':<14} {'at':>14} {'effect':>9} {'95% interval':>20} {'seeds':>5}  verdict"
     lines = [head, "-" * len(head)]
     for r in results:
         ci = "-" if r["ci"] is None else f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
-        at = f"{r['at']:.1%} {r['unit']}"
+        at = at_text(r)
         effect = "-" if not math.isfinite(r["effect"]) else f"{r['effect']:+.4f}"
-        lines.append(f"{r['claim'][:44]:<44} {r['metric']:<14} {at:>12} {effect:>9} {ci:>20} "
+        lines.append(f"{r['claim'][:44]:<44} {r['metric']:<14} {at:>14} {effect:>9} {ci:>20} "
                      f"{r['seeds']:>5}  {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else ""))
     return "\n".join(lines)

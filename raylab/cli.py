@@ -81,7 +81,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep, args.set)
     out = Path(args.dir or f"runs/{sweep.name}")
-    table = run_sweep(sweep, out, verbose=0 if args.quiet else 1)
+    with ray_output_to(None if args.verbose else out / "logs" / "ray.log"):  # Tune's table stays (stdout)
+        table = run_sweep(sweep, out, verbose=0 if args.quiet else 1)
     print(summary(sweep, table, out))
     return 0
 
@@ -93,7 +94,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.set)
     out = Path(args.dir or f"runs/{study.name}")
-    doc = run_study(study, out, verbose=0 if args.quiet else 1)
+    with ray_output_to(None if args.verbose else out / "logs" / "ray.log"):  # Tune's table stays (stdout)
+        doc = run_study(study, out, verbose=0 if args.quiet else 1)
     print(summary(doc, out))
     return 0
 

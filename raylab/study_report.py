@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raylab.claims import evaluate_claim, format_claims
+from raylab.claims import at_text, evaluate_claim, format_claims
 from raylab.report import STYLE, _figure, _img, _save
 from raylab.rundir import metric_value, read_metrics, read_state, write_atomic
 from raylab.study import SEED, UNITS, StudyConfig, arm_label
@@ -146,7 +146,7 @@ def claims_html(claims: list[dict]) -> str:
     for r in claims:
         ci = "–" if r["ci"] is None else f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
         effect = "–" if r["effect"] is None or not math.isfinite(r["effect"]) else f"{r['effect']:+.4f}"
-        cells = [r["claim"], r["metric"], f"{r['at']:.1%} {r['unit']}", effect, ci, str(r["seeds"]),
+        cells = [r["claim"], r["metric"], at_text(r), effect, ci, str(r["seeds"]),
                  r["verdict"], r["reason"]]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
