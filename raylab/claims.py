@@ -100,8 +100,8 @@ def _group_result(study: StudyConfig, claim: Claim, name: str, pairs: list[tuple
     reason = ""
     if missing:
         reason = (f"seed(s) {', '.join(str(r['seed']) for r in missing)} left out: a run did not reach "
-                  f"{claim.at:g} of its {claim.unit}" + (" or A never reached B's level"
-                                                        if claim.measure == "relative_saving" else ""))
+                  + at_text({"at": claim.at, "unit": claim.unit})
+                  + (" or A never reached B's level" if claim.measure == "relative_saving" else ""))
     result = _result(claim, name, rows, reason, study.statistic)
     if missing and result["verdict"] == "holds":  # what was left out might have gone against it
         result["verdict"] = "inconclusive"
