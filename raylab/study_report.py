@@ -80,7 +80,8 @@ def study_table(study: StudyConfig, cells: list[dict]) -> pd.DataFrame:
                          "clicks_fraction": line.get("clicks_fraction"),
                          **{m: metric_value(line, m) for m in metrics},
                          "finished": cell["finished"], "run_dir": cell["run_dir"]})
-    columns = ["trial", *study.keys, "arm", "cycle", "labelled_fraction", "labelled_frames", "clicks",
+    keys = [k for k in study.keys if k != "arm"]  # with arms, `arm` is a grid key: one column of it
+    columns = ["trial", *keys, "arm", "cycle", "labelled_fraction", "labelled_frames", "clicks",
                "clicks_fraction", *metrics, "finished", "run_dir"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -129,6 +129,15 @@ resources: {cpus_per_trial: 2, max_concurrent: 3}
     assert len(study.cells()) == 6 and study.base.loop.cycles == 1
     values = sweep.config_values({"arm": "masking", "seed": 2})
     assert values == {"loop.strategy": "apu-global", "labels.loss_weighting": "masking", "seed": 2}
+    # study.csv: one column per grid key, `arm` once
+    from raylab.study_report import study_table
+
+    record = {"cycle": 0, "labelled_fraction": 0.1, "labelled_frames": 5, "cost": 8.0, "clicks_fraction": 0.1,
+              "metrics": {"frame_map": {"0.5": 0.25}, "video_map": {"0.2": 0.5, "0.5": 0.125}}}
+    table = study_table(study, [{"trial": "t0", "params": {"arm": "apu", "seed": 0}, "arm": "apu",
+                                 "records": [record], "finished": True, "run_dir": "r"}])
+    assert list(table.columns).count("arm") == 1 and table.loc[0, "arm"] == "apu"
+    assert table.loc[0, "frame_map@0.5"] == 0.25 and table.loc[0, "seed"] == 0
 
 
 @pytest.mark.parametrize("text, message", [
