@@ -40,12 +40,8 @@ from typing import Any
 from raylab.config import (
     Config,
     ConfigError,
-    absolute_paths,
-    apply_override,
     flat_keys,
     from_dict,
-    load_config,
-    read_yaml,
 )
 from raylab.sweep import (
     ARM,
@@ -58,6 +54,7 @@ from raylab.sweep import (
     _knob,
     _table_metrics,
     metric_at,
+    read_trials_file,
     trial_config,
 )
 
@@ -169,24 +166,10 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
             a metric the method does not have; naming the file and the key.
     """
     path = Path(path)
-    tree = read_yaml(path, "study")
-    for item in overrides:
-        apply_override(tree, item, "--set")
-    known = {"name", "pipeline", "set", "arms", "grid", "claims", *SECTIONS}
-    unknown = sorted(set(tree) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "pipeline" not in tree:
-        raise ConfigError(f"{path}: needs `pipeline:` (the base pipeline YAML, relative to this file)")
-    pipeline = (path.parent / str(tree["pipeline"])).resolve()
-    sets = flat_keys(tree.get("set") or {})
-    base = absolute_paths(load_config(pipeline, values=sets))
-    if base.loop.oracle != "simulated":
-        raise ConfigError(f"{path}: study runs need loop.oracle simulated (no annotator answers a cell)")
+    tree, pipeline, sets, base, sections = read_trials_file(
+        path, overrides, "study", {"arms", "grid", "claims"}, SECTIONS)
     arms = _arms(tree.get("arms") or {}, base, path)
     grid = _grid(tree.get("grid") or {}, arms, base, path)
-    sections = {name: from_dict(cls, tree.get(name) or {}, f"{path}: {name}")
-                for name, cls in SECTIONS.items()}
     study = StudyConfig(name=str(tree.get("name") or path.stem), pipeline=pipeline, base=base, grid=grid,
                         arms=arms, claims=(), set=sets, **sections)
     claims = tree.get("claims") or []

@@ -161,22 +161,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
             refuses, an algorithm that cannot search the space; naming the file and the key.
     """
     path = Path(path)
-    tree = read_yaml(path, "sweep")
-    for item in overrides:
-        apply_override(tree, item, "--set")
-    known = {"name", "pipeline", "set", "space", *SECTIONS}
-    unknown = sorted(set(tree) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "pipeline" not in tree:
-        raise ConfigError(f"{path}: needs `pipeline:` (the base pipeline YAML, relative to this file)")
-    pipeline = (path.parent / str(tree["pipeline"])).resolve()
-    sets = flat_keys(tree.get("set") or {})
-    base = absolute_paths(load_config(pipeline, values=sets))
-    if base.loop.oracle != "simulated":
-        raise ConfigError(f"{path}: sweep trials need loop.oracle simulated (no annotator answers a trial)")
-    sections = {name: from_dict(cls, tree.get(name) or {}, f"{path}: {name}")
-                for name, cls in SECTIONS.items()}
+    tree, pipeline, sets, base, sections = read_trials_file(path, overrides, "sweep", {"space"}, SECTIONS)
     space = tuple(_knob(key, spec, base, path) for key, spec in (tree.get("space") or {}).items())
     if not space:
         raise ConfigError(f"{path}: `space:` names no knob to sweep")
@@ -188,6 +173,32 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
         raise ConfigError(f"{path}: objective.metric {sweep.metric!r} is not a metric of method "
                           f"{base.method}")
     return sweep
+
+
+def read_trials_file(path: Path, overrides: list[str], kind: str, keys: set[str], sections: dict):
+    """What a sweep file and a study file share: the YAML with `overrides` applied, only `name`,
+    `pipeline`, `set`, `keys` and `sections` known, the base pipeline (relative to the file) with `set`
+    applied and paths absolute, a simulated oracle, each section read into its dataclass.
+
+    Returns:
+        (tree, pipeline path, set as flat keys, base Config, {section: dataclass}).
+    """
+    tree = read_yaml(path, kind)
+    for item in overrides:
+        apply_override(tree, item, "--set")
+    known = {"name", "pipeline", "set", *keys, *sections}
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "pipeline" not in tree:
+        raise ConfigError(f"{path}: needs `pipeline:` (the base pipeline YAML, relative to this file)")
+    pipeline = (path.parent / str(tree["pipeline"])).resolve()
+    sets = flat_keys(tree.get("set") or {})
+    base = absolute_paths(load_config(pipeline, values=sets))
+    if base.loop.oracle != "simulated":
+        raise ConfigError(f"{path}: {kind} runs need loop.oracle simulated (no annotator answers a run)")
+    values = {name: from_dict(cls, tree.get(name) or {}, f"{path}: {name}") for name, cls in sections.items()}
+    return tree, pipeline, sets, base, values
 
 
 def _table_metrics(cfg: Config):

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ import pytest
 from raylab.claims import evaluate_claim, paired_interval, verdict
 from raylab.config import ConfigError
 from raylab.study import StatisticConfig, load_study, relative_saving_at, value_at
-from tests.test_tune import clean_env
+from tests.test_tune import clean_env, kill_after_a_cycle, trials_command
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_STUDY = REPO / "pipelines" / "study_smoke.yaml"
@@ -230,8 +226,7 @@ def test_a_budget_in_clicks_labels_the_ranked_frames_until_the_clicks_are_spent(
 
 
 def study_command(out: Path, synth: Path) -> list[str]:
-    return [sys.executable, "-m", "raylab.cli", "study", str(SMOKE_STUDY), "--dir", str(out), "--quiet",
-            "--set", f"set.data.synth_dir={synth}", "--set", "set.ray.num_cpus=2"]
+    return trials_command("study", SMOKE_STUDY, out, synth)
 
 
 @pytest.fixture(scope="module")
@@ -292,19 +287,7 @@ def test_a_study_whose_driver_is_killed_resumes_to_the_same_result(smoke_study, 
     resumes (Tune's restore) and every cell ends with the same curve as the study that never failed;
     a third run on the finished study runs nothing and rewrites the same claims."""
     out, synth = tmp_path / "study", smoke_study[0] / "synth"
-    proc = subprocess.Popen(study_command(out, synth), cwd=REPO, env=clean_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not (list(out.glob("runs/*/metrics/cycle=0.json"))
-                   and list(out.glob("tune/experiment_state*"))):
-            assert proc.poll() is None, "the study ended before it could be killed"
-            assert time.time() < deadline, "no cell evaluated a cycle in time"
-            time.sleep(0.5)
-        time.sleep(1.0)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_a_cycle(study_command(out, synth), out, "study")
     assert not (out / "study.json").exists()
     done = subprocess.run(study_command(out, synth), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=900)

@@ -165,9 +165,32 @@ def test_a_stopped_trial_frees_its_resources_for_the_next(ray_local, tmp_path):
 # ---- raylab sweep in subprocesses --------------------------------------------------------------------
 
 
-def sweep_command(out: Path, synth: Path) -> list[str]:
-    return [sys.executable, "-m", "raylab.cli", "sweep", str(SMOKE_SWEEP), "--dir", str(out), "--quiet",
+def trials_command(kind: str, file: Path, out: Path, synth: Path) -> list[str]:
+    """`raylab sweep|study FILE` into `out`, on the dataset generated in `synth`, on a local Ray of 2 CPUs."""
+    return [sys.executable, "-m", "raylab.cli", kind, str(file), "--dir", str(out), "--quiet",
             "--set", f"set.data.synth_dir={synth}", "--set", "set.ray.num_cpus=2"]
+
+
+def sweep_command(out: Path, synth: Path) -> list[str]:
+    return trials_command("sweep", SMOKE_SWEEP, out, synth)
+
+
+def kill_after_a_cycle(command: list[str], out: Path, kind: str) -> None:
+    """Start `command` in a session of its own and SIGKILL its whole process group (driver, its Ray, the
+    trials) once a trial has evaluated a cycle in `out` and Tune has saved its experiment state."""
+    proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (list(out.glob("runs/*/metrics/cycle=0.json"))
+                   and list(out.glob("tune/experiment_state*"))):
+            assert proc.poll() is None, f"the {kind} ended before it could be killed"
+            assert time.time() < deadline, "no trial evaluated a cycle in time"
+            time.sleep(0.5)
+        time.sleep(1.0)  # let Tune save its experiment state with the report
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def clean_env() -> dict:
@@ -216,19 +239,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_to_the_same_result(smoke_sweep, 
     reported a cycle; the same command then resumes the sweep (Tune's restore) and every trial ends
     with the same curve as in the sweep that never failed."""
     out, synth = tmp_path / "sweep", smoke_sweep[0] / "synth"  # the generated dataset is reused
-    proc = subprocess.Popen(sweep_command(out, synth), cwd=REPO, env=clean_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not (list(out.glob("runs/*/metrics/cycle=0.json"))
-                   and list(out.glob("tune/experiment_state*"))):
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            assert time.time() < deadline, "no trial reported a cycle in time"
-            time.sleep(0.5)
-        time.sleep(1.0)  # let Tune save its experiment state with the report
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_a_cycle(sweep_command(out, synth), out, "sweep")
     assert not (out / "results.csv").exists()  # killed before it finished
     done = subprocess.run(sweep_command(out, synth), cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=600)
