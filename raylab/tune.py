@@ -195,21 +195,18 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
         RunStateError: `out` holds a sweep with other settings.
     """
     out = Path(out).resolve()
-    errors = run_trials(sweep, out, verbose, scheduler)
-    runs_dir = out / "runs"
-    table = results_table(sweep, runs_dir)
+    run_trials(sweep, out, verbose, scheduler)
+    table = results_table(sweep, out / "runs")
     write_atomic(out / "results.csv", table.to_csv(index=False))
     from raylab.sweep_report import write_sweep_report
 
     write_sweep_report(sweep, table, out / "report")
-    if errors:
-        log.warning("%d trial(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
     return table
 
 
 def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -> list[str]:
-    """Run (or resume, with Tune's restore) the trials of `sweep`, each in out/runs/<trial id>; returns
-    the errors of the trials that failed. What `raylab sweep` and `raylab study` share.
+    """Run (or resume, with Tune's restore) the trials of `sweep`, each in out/runs/<trial id>; logs and
+    returns the errors of the trials that failed. What `raylab sweep` and `raylab study` share.
 
     Raises:
         RunStateError: `out` holds a sweep or study with other settings.
@@ -245,8 +242,10 @@ def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) 
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(out), verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures)),
         )
-    grid = tuner.fit()
-    return [str(e) for e in grid.errors]
+    errors = [str(e) for e in tuner.fit().errors]
+    if errors:
+        log.warning("%d trial(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
+    return errors
 
 
 def summary(sweep: SweepConfig, table: pd.DataFrame, out: Path) -> str:
@@ -271,7 +270,5 @@ def run_study(study, out: Path, verbose: int = 1) -> dict:
     from raylab.study_report import write_study
 
     out = Path(out).resolve()
-    errors = run_trials(study.sweep(), out, verbose)
-    if errors:
-        log.warning("%d run(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
+    run_trials(study.sweep(), out, verbose)
     return write_study(study, out)
