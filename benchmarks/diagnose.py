@@ -3,14 +3,15 @@
 Takes a run directory and a cycle and re-predicts the test split with that cycle's checkpoint, then
 reports what a perfect part would give: the metrics as evaluated, with the true class substituted for
 the predicted class probabilities, and with the true class and no actionness threshold; the box IoU of
-the largest connected component on every ground-truth frame; and how the actionness threshold (set on
+the largest connected component (at the run's calibrated foreground threshold) on every ground-truth
+frame; and how the actionness threshold (set on
 labelled training frames) splits test frames with and without an actor. IoUs use ACT's +1-pixel
 convention, as frame-mAP does.
 
     python -m benchmarks.diagnose runs/results/synth0-f1.0-s0 --cycle 0
 
-Last line of output: JSON {"video_accuracy", "actionness_threshold", "box_iou_mean", "box_iou_ge_0.5",
-"actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
+Last line of output: JSON {"video_accuracy", "actionness_threshold", "mask_threshold", "box_iou_mean",
+"box_iou_ge_0.5", "actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
 "frame_map@0.5": {"predicted", "true_class", "true_class_no_threshold"}, "video_map@0.5": {...}}.
 """
 
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raylab.eval.boxes import iou2d_pairs
-from raylab.eval.masks import actionness, masks_to_detections
+from raylab.eval.masks import actionness, component_box_ious, masks_to_detections
 from raylab.eval.predict import ground_truth_document, predict_each_video
 from raylab.eval.stad import evaluate_stad
 from raylab.rundir import load_run, read_metrics
@@ -37,6 +37,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     cfg = data.cfg
     record = next(r for r in read_metrics(run) if r["cycle"] == cycle)
     threshold = record.get("actionness_threshold", 0.0)
+    mask_threshold = record.get("mask_threshold", 0.5)  # runs made before it was calibrated used 0.5
     model = load_detector(data.paths.checkpoint_dir(cycle) / MODEL_FILE)
     test = data.index[data.index["split"] == "test"].reset_index(drop=True)
     gt = data.gt[data.gt["video_id"].isin(test["video_id"])]
@@ -56,26 +57,23 @@ def diagnose(run: Path, cycle: int) -> dict:
         for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),
                                     ("true_class_no_threshold", true, 0.0)):
             f, t = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, probs, scale_xy=scale,
-                                       top_k=len(classes), min_actionness=cut)
+                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cut)
             docs[variant]["frame_detections"] += f
             docs[variant]["tube_detections"] += t
-        # the boxes of every frame (no threshold; one per frame: those of the true class), frames 1-based
-        component = {d["frame"] - 1: np.array(d["box"]) for d in f if d["label"] == row.label}
+        # the box of every ground-truth frame, as if its actionness passed the threshold
         frame_actionness = actionness(fg)
-        for i in range(row.num_frames):
-            target = boxes.get((row.video_id, i))
-            scores.append(frame_actionness[i])
-            has_actor.append(target is not None)
-            if target is not None:  # the component's IoU with the actor it covers best (ACT's +1 pixel)
-                box = component.get(i)
-                target = np.asarray(target, np.float64)
-                ious.append(0.0 if box is None else float(iou2d_pairs(np.broadcast_to(box, target.shape),
-                                                                      target).max()))
+        targets = [boxes.get((row.video_id, i)) for i in range(row.num_frames)]
+        actor = np.array([target is not None for target in targets])
+        scores += list(frame_actionness)
+        has_actor += list(actor)
+        ious += list(component_box_ious(fg[actor], [t for t in targets if t is not None], scale,
+                                        (mask_threshold,))[:, 0])
     scores, has_actor, ious = np.array(scores), np.array(has_actor), np.array(ious)
     metrics = {v: evaluate_stad(docs[v]) for v in VARIANTS}
     return {
         "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
         "video_accuracy": float(np.mean(hits)), "actionness_threshold": threshold,
+        "mask_threshold": mask_threshold,
         "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
         "actionness": {"with_actor": float(scores[has_actor].mean()),
                        "without_actor": float(scores[~has_actor].mean()),

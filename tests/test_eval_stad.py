@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from raylab.data.rle import rle_encode
-from raylab.eval.masks import calibrate_actionness
+from raylab.eval.masks import best_mask_threshold, calibrate_actionness, component_box_ious
 from raylab.eval.stad import (
     StadFormatError,
     evaluate_stad,
@@ -248,6 +248,23 @@ def test_masks_to_detections_box_of_the_largest_component_and_no_box_below_actio
     fds, tds = masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.6)
     assert [d["frame"] for d in fds] == [1] and [b[0] for b in tds[0]["boxes"]] == [1]
     assert masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.95) == ([], [])
+
+
+def test_mask_threshold_is_the_one_whose_boxes_fit_labelled_frames_best():
+    """An under-confident detector (the actor at 0.35, its surround at 0.2): at 0.5 no box, at 0.3 the
+    actor's box, at 0.1 the surround's; the calibration picks 0.3's neighbourhood, ties nearest 0.5."""
+    fg = np.full((2, 12, 12), 0.05)
+    fg[:, 2:10, 2:10] = 0.2
+    fg[:, 4:9, 4:8] = 0.35  # rows 4..8, cols 4..7: the box [4, 4, 8, 9] in the targets' convention
+    targets = [np.array([[4.0, 4.0, 8.0, 9.0]]), np.array([[0.0, 0.0, 1.0, 1.0], [4.0, 4.0, 8.0, 9.0]])]
+    ious = component_box_ious(fg, targets, thresholds=(0.1, 0.3, 0.5))
+    assert ious[:, 1] == pytest.approx([1.0, 1.0])  # the actor it covers best, of two
+    assert ious[:, 2] == pytest.approx([0.0, 0.0])  # no pixel >= 0.5: no box
+    assert 0 < ious[0, 0] < 0.5
+    assert best_mask_threshold(ious, (0.1, 0.3, 0.5)) == 0.3
+    assert best_mask_threshold(component_box_ious(fg, targets, thresholds=(0.25, 0.3, 0.35)),
+                               (0.25, 0.3, 0.35)) == 0.35  # all three give the actor: nearest 0.5
+    assert best_mask_threshold(np.zeros((0, 3)), (0.1, 0.3, 0.5)) == 0.5  # no labelled actor
 
 
 def test_calibrate_actionness_separates_actor_frames_on_labelled_frames():

@@ -26,7 +26,7 @@ EPOCHS = 10
 
 def fit(cfg, root, index, gt, classes, fraction: float):
     """A detector trained on `fraction` of each tiny training video's frames (the initial frames) and
-    the clips of every training video; returns (model, labels, actionness threshold)."""
+    the clips of every training video; returns (model, its calibration on the labelled frames)."""
     train = index[index["split"] == "train"].reset_index(drop=True)
     rows = reveal_frames(gt, initial_requests(train, fraction, seed=0))
     grouped = group_labels(rows)
@@ -39,14 +39,13 @@ def fit(cfg, root, index, gt, classes, fraction: float):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     for _ in range(EPOCHS):
         train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)
-    threshold = calibrate_detector(model, train, rows, root, cfg.clips.length, size)
-    return model, threshold
+    return model, calibrate_detector(model, train, rows, root, cfg.clips.length, size)
 
 
-def evaluate(model, threshold, cfg, root, index, gt, classes) -> dict:
+def evaluate(model, calibration, cfg, root, index, gt, classes) -> dict:
     test = index[index["split"] == "test"].reset_index(drop=True)
     doc = predict_dataset(model, test, gt[gt["video_id"].isin(test["video_id"])], classes, root,
-                          cfg.clips.length, (cfg.clips.height, cfg.clips.width), min_actionness=threshold)
+                          cfg.clips.length, (cfg.clips.height, cfg.clips.width), calibration=calibration)
     return {**evaluate_stad(doc), "video_accuracy": video_accuracy(doc, test)}
 
 
@@ -66,7 +65,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_classifier_is_far_above_chance_and_more_labels_localise_better(tiny):
     cfg, root, index, gt, classes, other, other_index = tiny
-    full_model, full_threshold = fit(cfg, root, index, gt, classes, 1.0)
+    full_model, full_calibration = fit(cfg, root, index, gt, classes, 1.0)
     unseen = pd.concat([index[index["split"] == "test"].assign(root=str(root)),
                         other_index.assign(root=str(other))])
     hits = []
@@ -76,7 +75,7 @@ def test_classifier_is_far_above_chance_and_more_labels_localise_better(tiny):
         hits += [doc["predicted_classes"][v] == c for v, c in zip(videos["video_id"], videos["label"])]
     accuracy = float(np.mean(hits))
     assert len(hits) >= 15 and accuracy >= 0.6, (accuracy, len(hits))  # chance: 1 / 3
-    full = evaluate(full_model, full_threshold, cfg, root, index, gt, classes)
+    full = evaluate(full_model, full_calibration, cfg, root, index, gt, classes)
     few = evaluate(*fit(cfg, root, index, gt, classes, 0.01), cfg, root, index, gt, classes)
     assert full["frame_map"]["0.5"] > few["frame_map"]["0.5"] + 0.1, (few, full)
     assert full["frame_map"]["0.5"] > 0.4, full

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from raylab.data.rle import rle_decode
+from raylab.eval.boxes import iou2d_pairs
 
 
 def as_mask(m, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -111,6 +112,34 @@ def actionness(fg_prob: np.ndarray) -> np.ndarray:
     return np.asarray(fg_prob, np.float64).reshape(len(fg_prob), -1).max(axis=1)
 
 
+def component_boxes(fg_prob: np.ndarray, threshold: float = 0.5, scale_xy=(1.0, 1.0),
+                    acting: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame, the box of the largest connected component of (fg_prob >= threshold), as
+    `masks_to_detections` reports it.
+
+    Args:
+        fg_prob: float [T, H, W] foreground probabilities.
+        threshold: foreground threshold; scale_xy: (original width / mask width, height / height).
+        acting: bool [T], frames that may get a box (default: all).
+
+    Returns:
+        has bool [T] (the frame has a box), boxes float [T, 4] (x1, y1, x2, y2; rows without a box are
+        meaningless), the mean foreground probability inside each component float [T].
+    """
+    fg = np.asarray(fg_prob, np.float64)
+    t, h, w = fg.shape
+    acting = np.ones(t, bool) if acting is None else np.asarray(acting, bool)
+    mask = np.stack([largest_component(fg[i] >= threshold) if acting[i] else np.zeros((h, w), bool)
+                     for i in range(t)]) if t else fg >= threshold
+    cols, rows = mask.any(axis=1), mask.any(axis=2)  # [T, W], [T, H]
+    sx, sy = scale_xy
+    first_col, first_row = cols.argmax(axis=1), rows.argmax(axis=1)
+    end_col, end_row = w - cols[:, ::-1].argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)  # last + 1
+    boxes = np.column_stack([first_col * sx, first_row * sy, end_col * sx, end_row * sy])
+    fg_mean = (fg * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)
+    return cols.any(axis=1), boxes.reshape(t, 4), fg_mean
+
+
 def masks_to_detections(
     video: str,
     frames: np.ndarray,
@@ -148,18 +177,10 @@ def masks_to_detections(
     """
     fg = np.asarray(fg_prob, np.float64)  # [T, H, W]
     frames = np.asarray(frames, np.int64)
-    t, h, w = fg.shape
+    t = len(fg)
     probs = np.broadcast_to(np.asarray(class_probs, np.float64), (t, np.shape(class_probs)[-1]))  # [T, C]
-    acting = actionness(fg) >= min_actionness
-    mask = np.stack([largest_component(fg[i] >= threshold) if acting[i] else np.zeros((h, w), bool)
-                     for i in range(t)]) if t else fg >= threshold
-    cols, rows = mask.any(axis=1), mask.any(axis=2)  # [T, W], [T, H]
-    has = cols.any(axis=1)
-    sx, sy = scale_xy
-    x1, y1 = cols.argmax(axis=1) * sx, rows.argmax(axis=1) * sy
-    x2 = (w - cols[:, ::-1].argmax(axis=1)) * sx
-    y2 = (h - rows[:, ::-1].argmax(axis=1)) * sy
-    fg_mean = (fg * mask).sum(axis=(1, 2)) / np.maximum(mask.sum(axis=(1, 2)), 1)  # [T]
+    has, box, fg_mean = component_boxes(fg, threshold, scale_xy, actionness(fg) >= min_actionness)
+    x1, y1, x2, y2 = box.T
     classes = np.argsort(-probs.mean(axis=0), kind="stable")[:top_k]
     frame_dets, tube_dets = [], []
     idx = np.flatnonzero(has)
@@ -199,3 +220,40 @@ def calibrate_actionness(scores: np.ndarray, has_actor: np.ndarray) -> float:
     if k == 0:
         return 0.0
     return float(np.nextafter(s[-1], np.inf)) if k == len(s) else float((s[k - 1] + s[k]) / 2)
+
+
+def component_box_ious(fg_prob: np.ndarray, targets: list, scale_xy=(1.0, 1.0),
+                       thresholds=(0.5,)) -> np.ndarray:
+    """float [T, len(thresholds)]: the IoU (ACT's +1 pixel) of each frame's `component_boxes` box at
+    each threshold with the target box it overlaps most; 0 where the frame has no box.
+
+    Args:
+        fg_prob: float [T, H, W]; targets: T arrays [K, 4] of (x1, y1, x2, y2), at least one box each.
+    """
+    out = np.zeros((len(fg_prob), len(thresholds)))
+    for j, threshold in enumerate(thresholds):
+        has, boxes, _ = component_boxes(fg_prob, threshold, scale_xy)
+        for i, target in enumerate(targets):
+            if has[i]:
+                target = np.asarray(target, np.float64).reshape(-1, 4)
+                out[i, j] = iou2d_pairs(np.broadcast_to(boxes[i], target.shape), target).max()
+    return out
+
+
+MASK_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.91, 0.05), 2))  # calibration grid
+
+
+def best_mask_threshold(box_ious: np.ndarray, thresholds=MASK_THRESHOLDS) -> float:
+    """The foreground threshold whose boxes fit labelled (training) frames best: the highest mean box
+    IoU, ties going to the threshold nearest 0.5. 0.5 when there is no labelled actor.
+
+    Args:
+        box_ious: float [N, len(thresholds)], the IoU of each labelled actor frame's component box at
+            each threshold (0 where no box); thresholds: the candidates, in the order of the columns.
+    """
+    box_ious = np.asarray(box_ious, np.float64).reshape(-1, len(thresholds))
+    if not len(box_ious):
+        return 0.5
+    mean = box_ious.mean(axis=0)
+    best = np.flatnonzero(mean >= mean.max() - 1e-12)
+    return float(min((thresholds[i] for i in best), key=lambda t: (abs(t - 0.5), t)))

@@ -8,6 +8,7 @@ path for large sets is the scoring actor pool.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,14 @@ import torch
 
 from raylab.data.clips import tile_clips
 from raylab.data.stream import clip_table, decode_clips
-from raylab.eval.masks import actionness, calibrate_actionness, masks_to_detections
+from raylab.eval.masks import (
+    MASK_THRESHOLDS,
+    actionness,
+    best_mask_threshold,
+    calibrate_actionness,
+    component_box_ious,
+    masks_to_detections,
+)
 from raylab.models.detector import clips_to_tensor
 
 
@@ -73,33 +81,51 @@ def predict_each_video(model, index: pd.DataFrame, video_root: str | Path, lengt
         yield row, *predict_video(model, table, size, int(row.num_frames), batch, device)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What turns a detector's foreground probabilities into detections, set on labelled training
+    frames (never on the test split): frames whose actionness is below `min_actionness` get no
+    detection, and a frame's box is that of the largest component of the pixels >= `mask_threshold`."""
+
+    min_actionness: float = 0.0
+    mask_threshold: float = 0.5
+
+
 def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_root: str | Path,
-                       length: int, size: tuple[int, int], batch: int = 8, device="cpu") -> float:
-    """The actionness threshold of `model` set on labelled training frames (`masks.calibrate_actionness`).
+                       length: int, size: tuple[int, int], batch: int = 8, device="cpu") -> Calibration:
+    """`model`'s actionness threshold (`masks.calibrate_actionness`) and foreground threshold
+    (`masks.best_mask_threshold`: the best mean box IoU of the labelled actor frames), set on labelled
+    training frames.
 
     Args:
         index: the videos that hold the labelled frames.
         labels: label-store rows (video_id, frame, boxes): a frame with no box is a labelled negative.
     """
     by_video = dict(tuple(labels.groupby("video_id")))
-    scores, has_actor = [], []
+    scores, has_actor, box_ious = [], [], []
     for row, fg, _ in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root, length,
                                          size, batch, device):
         rows = by_video[row.video_id]
-        scores.append(actionness(fg[rows["frame"].to_numpy(np.int64)]))
-        has_actor.append(np.array([len(b) > 0 for b in rows["boxes"]], dtype=bool))
+        frames = fg[rows["frame"].to_numpy(np.int64)]
+        scores.append(actionness(frames))
+        actor = np.array([len(b) > 0 for b in rows["boxes"]], dtype=bool)
+        has_actor.append(actor)
+        box_ious.append(component_box_ious(frames[actor], [np.stack(b) for b in rows["boxes"][actor]],
+                                           (row.width / size[1], row.height / size[0]), MASK_THRESHOLDS))
     if not scores:
-        return 0.0
-    return calibrate_actionness(np.concatenate(scores), np.concatenate(has_actor))
+        return Calibration()
+    return Calibration(calibrate_actionness(np.concatenate(scores), np.concatenate(has_actor)),
+                       best_mask_threshold(np.concatenate(box_ious)))
 
 
 def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
                     length: int, size: tuple[int, int], batch: int = 8, device="cpu",
-                    threshold: float = 0.5, min_actionness: float = 0.0) -> dict:
+                    calibration: Calibration = Calibration()) -> dict:
     """Predict every video of `index` and return the full evaluation document (see docs/evaluation.md),
     plus "predicted_classes": {video_id: the class of the highest mean clip probability}.
 
-    `min_actionness`: frames below it get no detection (`calibrate_detector` sets it on training frames).
+    `calibration`: the actionness and foreground thresholds (`calibrate_detector` sets them on training
+    frames; the default detects on every frame, with pixels >= 0.5).
     """
     doc = ground_truth_document(index, gt, classes)
     doc["frame_detections"], doc["tube_detections"], doc["predicted_classes"] = [], [], {}
@@ -109,8 +135,9 @@ def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[
         # a scored detection per class, as detectors report them: a misclassified video still ranks
         # its true class by that class's probability
         frame_dets, tube_dets = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, class_probs,
-                                                    scale_xy=scale, threshold=threshold,
-                                                    top_k=len(classes), min_actionness=min_actionness)
+                                                    scale_xy=scale, threshold=calibration.mask_threshold,
+                                                    top_k=len(classes),
+                                                    min_actionness=calibration.min_actionness)
         doc["frame_detections"] += frame_dets
         doc["tube_detections"] += tube_dets
     return doc
