@@ -70,14 +70,19 @@ def spread_loss(activations: torch.Tensor, labels: torch.Tensor, margin: float) 
 def weighted_bce(
     fg_logits: torch.Tensor, fg_target: torch.Tensor, frame_weight: torch.Tensor
 ) -> torch.Tensor:
-    """Per-pixel BCE weighted per frame (the MGW loss, ASL Eq.4).
+    """Per-pixel BCE weighted per frame (the MGW loss, ASL Eq.4), as a weighted mean over the batch.
 
-    loss = sum_{b,t} w_bt * mean_pixels BCE(logit_bthw, target_bthw) / (B * T)
+    loss = sum_{b,t} w_bt * mean_pixels BCE(logit_bthw, target_bthw) / max(sum_{b,t} w_bt, 1)
 
-    The normaliser is the fixed number of frames B * T, not sum(w): then w is a true loss weight — a
-    frame of weight 0 adds exactly 0 to the loss and to every gradient, and raising one frame's weight
-    does not lower the others'. With masking weights the loss is the annotated frames' BCE scaled by
-    |A| / (B T); with interpolation weights, the plain mean BCE over all frames.
+    Eq. 4 sums w_i L_i over frames and leaves the normaliser open. Dividing by the weights' sum keeps the
+    localisation term at the same scale relative to classification whatever share of the frames is
+    labelled: at 10% labels the MGW weights (σ = 1.3) of a clip sum to about 3 of its 8 frames, and most
+    clips of `clips.video_clips` carry almost none, so a fixed B * T normaliser gave localisation a
+    quarter of the weight it has at 100% labels and left the detector under-trained at localising
+    (docs/RESULTS.md). A frame of weight 0 still adds exactly 0 to the loss and to every gradient; a
+    batch whose weights sum to less than one frame is divided by 1, so a few far, faint pseudo-labels do
+    not make a full step. With masking weights the loss is the mean BCE of the annotated frames; with
+    interpolation weights (all 1), the plain mean BCE over all frames.
 
     Args:
         fg_logits: float [B, T, H, W]; fg_target: {0, 1} (or soft) [B, T, H, W];
@@ -88,7 +93,8 @@ def weighted_bce(
     """
     bce = F.binary_cross_entropy_with_logits(fg_logits, fg_target.to(fg_logits.dtype), reduction="none")
     per_frame = bce.flatten(2).mean(-1)  # [B, T]
-    return (per_frame * frame_weight.to(per_frame.dtype)).sum() / per_frame.numel()
+    weight = frame_weight.to(per_frame.dtype)
+    return (per_frame * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def detector_loss(

@@ -25,7 +25,7 @@ def test_weighted_bce_hand_value():
     weight = torch.tensor([[1.0, 0.5]])
     frame0 = math.log(2)  # BCE(0, y) = ln 2 for either label
     frame1 = (math.log(1 + 1 / 3) + math.log(1 + 3)) / 2  # BCE(x, 1) = ln(1+e^-x), BCE(x, 0) = ln(1+e^x)
-    expected = (1.0 * frame0 + 0.5 * frame1) / 2  # normaliser B * T = 2
+    expected = (1.0 * frame0 + 0.5 * frame1) / 1.5  # normaliser: the weights' sum
     assert weighted_bce(logits, target, weight).item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -66,9 +66,27 @@ def test_mgw_limits_equal_masking_and_interpolation(annotated):
     np.testing.assert_array_equal(huge, interp)
     assert torch.equal(_loss_with(tiny), _loss_with(masking))
     assert torch.equal(_loss_with(huge), _loss_with(interp))
-    # in between, MGW lies between the two limits
-    mid = _loss_with(mgw_weights(frames, np.array(annotated), sigma=1.3))
-    assert _loss_with(masking) <= mid <= _loss_with(interp)
+    # in between, a weighted mean of the frames' losses, whatever the labels' density
+    weights = mgw_weights(frames, np.array(annotated), sigma=1.3)
+    per_frame = torch.stack([_loss_with(np.eye(len(frames))[i]) for i in frames])  # one frame each
+    assert _loss_with(weights).item() == pytest.approx(
+        float((per_frame * torch.as_tensor(weights)).sum() / max(weights.sum(), 1.0)), rel=1e-6)
+
+
+def test_sparse_labels_keep_the_localisation_loss_scale():
+    """A clip with one labelled frame weighs its BCE as a clip with every frame labelled does (the
+    weights' sum, not the frame count, normalises), and a batch of faint weights is not blown up."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 8, 6, 6, generator=g)
+    target = torch.ones(1, 8, 6, 6)
+    same = logits[:, :1].expand(1, 8, 6, 6)  # every frame predicts as frame 0
+    one = torch.zeros(1, 8)
+    one[0, 0] = 1.0
+    assert weighted_bce(same, target, one).item() == pytest.approx(
+        weighted_bce(same, target, torch.ones(1, 8)).item(), rel=1e-6)
+    faint = torch.full((1, 8), 0.01)
+    assert weighted_bce(same, target, faint).item() == pytest.approx(
+        0.08 * weighted_bce(same, target, torch.ones(1, 8)).item(), rel=1e-5)
 
 
 def test_interpolation_weighting_is_plain_mean_bce():
