@@ -4,14 +4,16 @@ Takes a run directory and a cycle and re-predicts the test split with that cycle
 reports what a perfect part would give: the metrics as evaluated, with the true class substituted for
 the predicted class probabilities, and with the true class and no actionness threshold; the box IoU of
 the largest connected component (at the run's calibrated foreground threshold) on every ground-truth
-frame; and how the actionness threshold (set on
-labelled training frames) splits test frames with and without an actor. IoUs use ACT's +1-pixel
-convention, as frame-mAP does.
+frame, and at other foreground thresholds; how the actionness threshold (set on labelled training
+frames) splits test frames with and without an actor; and the box IoU on the training videos' actor
+frames by distance to the nearest labelled frame (0: the labelled frames themselves). IoUs use ACT's
++1-pixel convention, as frame-mAP does.
 
     python -m benchmarks.diagnose runs/results/synth0-f1.0-s0 --cycle 0
 
 Last line of output: JSON {"video_accuracy", "actionness_threshold", "mask_threshold", "box_iou_mean",
-"box_iou_ge_0.5", "actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
+"box_iou_ge_0.5", "box_iou_by_threshold", "train_box_iou_by_distance": {"0", "1-3", "4+": [frames,
+mean IoU]}, "actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
 "frame_map@0.5": {"predicted", "true_class", "true_class_no_threshold"}, "video_map@0.5": {...}}.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raylab.data.labels import LabelStore
 from raylab.eval.masks import actionness, component_box_ious, masks_to_detections
 from raylab.eval.predict import ground_truth_document, predict_each_video
 from raylab.eval.stad import evaluate_stad
@@ -30,6 +33,38 @@ from raylab.rundir import load_run, read_metrics
 from raylab.train import MODEL_FILE, load_detector
 
 VARIANTS = ("predicted", "true_class", "true_class_no_threshold")
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)  # foreground thresholds at which the test boxes are also measured
+DISTANCES = (("0", 0, 0), ("1-3", 1, 3), ("4+", 4, np.inf))  # frames from the nearest labelled frame
+
+
+def _boxes_by_frame(gt) -> dict[tuple[str, int], list]:
+    boxes: dict[tuple[str, int], list] = {}
+    for v, f, x1, y1, x2, y2 in gt[["video_id", "frame", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+        boxes.setdefault((v, int(f)), []).append([x1, y1, x2, y2])
+    return boxes
+
+
+def training_box_ious(data, model, cycle: int, mask_threshold: float) -> dict:
+    """Box IoU on the training videos' actor frames, by distance to the nearest frame labelled for this
+    cycle: does the detector fit its labelled frames, and does the fit reach the frames between them?"""
+    cfg, size = data.cfg, (data.cfg.clips.height, data.cfg.clips.width)
+    labels = LabelStore(data.paths.labels, index=data.index).to_pandas()
+    labels = labels[labels["cycle"] <= cycle]  # the frames this cycle's detector was trained on
+    labelled = {v: rows["frame"].to_numpy() for v, rows in labels.groupby("video_id")}
+    boxes = _boxes_by_frame(data.gt[data.gt["video_id"].isin(data.train["video_id"])])
+    distance, ious = [], []
+    for row, fg, _ in predict_each_video(model, data.train, data.root, cfg.clips.length, size,
+                                         cfg.clips.batch_size, "cpu"):
+        frames = [i for i in range(row.num_frames) if (row.video_id, i) in boxes]
+        marks = labelled.get(row.video_id, np.array([], np.int64))
+        distance += [np.abs(marks - i).min() if len(marks) else np.inf for i in frames]
+        ious += list(component_box_ious(fg[frames], [boxes[(row.video_id, i)] for i in frames],
+                                        (row.width / size[1], row.height / size[0]), (mask_threshold,))[:, 0])
+    distance, ious = np.array(distance, np.float64), np.array(ious)
+    return {name: [int(((distance >= lo) & (distance <= hi)).sum()),
+                   float(ious[(distance >= lo) & (distance <= hi)].mean())
+                   if ((distance >= lo) & (distance <= hi)).any() else None]
+            for name, lo, hi in DISTANCES}
 
 
 def diagnose(run: Path, cycle: int) -> dict:
@@ -46,9 +81,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     for doc in docs.values():
         doc["frame_detections"], doc["tube_detections"] = [], []
     ious, scores, has_actor, hits = [], [], [], []
-    boxes: dict[tuple[str, int], list] = {}  # the ground truth's boxes of each frame
-    for v, f, x1, y1, x2, y2 in gt[["video_id", "frame", "x1", "y1", "x2", "y2"]].itertuples(index=False):
-        boxes.setdefault((v, int(f)), []).append([x1, y1, x2, y2])
+    boxes = _boxes_by_frame(gt)  # the ground truth's boxes of each frame
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
                                                 cfg.clips.batch_size, "cpu"):
         hits.append(int(np.argmax(class_probs)) == int(row.label))
@@ -66,15 +99,19 @@ def diagnose(run: Path, cycle: int) -> dict:
         actor = np.array([target is not None for target in targets])
         scores += list(frame_actionness)
         has_actor += list(actor)
-        ious += list(component_box_ious(fg[actor], [t for t in targets if t is not None], scale,
-                                        (mask_threshold,))[:, 0])
-    scores, has_actor, ious = np.array(scores), np.array(has_actor), np.array(ious)
+        ious.append(component_box_ious(fg[actor], [t for t in targets if t is not None], scale,
+                                       (mask_threshold, *THRESHOLDS)))
+    scores, has_actor = np.array(scores), np.array(has_actor)
+    by_threshold = np.concatenate(ious)
+    ious = by_threshold[:, 0]
     metrics = {v: evaluate_stad(docs[v]) for v in VARIANTS}
     return {
         "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
         "video_accuracy": float(np.mean(hits)), "actionness_threshold": threshold,
         "mask_threshold": mask_threshold,
         "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
+        "box_iou_by_threshold": {str(t): float(m) for t, m in zip(THRESHOLDS, by_threshold[:, 1:].mean(0))},
+        "train_box_iou_by_distance": training_box_ious(data, model, cycle, mask_threshold),
         "actionness": {"with_actor": float(scores[has_actor].mean()),
                        "without_actor": float(scores[~has_actor].mean()),
                        "with_actor_kept": float((scores[has_actor] >= threshold).mean()),
