@@ -61,10 +61,11 @@ def training_box_ious(data, model, cycle: int, mask_threshold: float) -> dict:
         ious += list(component_box_ious(fg[frames], [boxes[(row.video_id, i)] for i in frames],
                                         (row.width / size[1], row.height / size[0]), (mask_threshold,))[:, 0])
     distance, ious = np.array(distance, np.float64), np.array(ious)
-    return {name: [int(((distance >= lo) & (distance <= hi)).sum()),
-                   float(ious[(distance >= lo) & (distance <= hi)].mean())
-                   if ((distance >= lo) & (distance <= hi)).any() else None]
-            for name, lo, hi in DISTANCES}
+    out = {}
+    for name, lo, hi in DISTANCES:
+        near = (distance >= lo) & (distance <= hi)
+        out[name] = [int(near.sum()), float(ious[near].mean()) if near.any() else None]
+    return out
 
 
 def diagnose(run: Path, cycle: int) -> dict:
