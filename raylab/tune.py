@@ -204,9 +204,9 @@ def run_sweep(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -
     return table
 
 
-def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -> list[str]:
-    """Run (or resume, with Tune's restore) the trials of `sweep`, each in out/runs/<trial id>; logs and
-    returns the errors of the trials that failed. What `raylab sweep` and `raylab study` share.
+def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) -> None:
+    """Run (or resume, with Tune's restore) the trials of `sweep`, each in out/runs/<trial id>; logs the
+    errors of the trials that failed. What `raylab sweep` and `raylab study` share.
 
     Raises:
         RunStateError: `out` holds a sweep or study with other settings.
@@ -245,7 +245,6 @@ def run_trials(sweep: SweepConfig, out: Path, verbose: int = 1, scheduler=None) 
     errors = [str(e) for e in tuner.fit().errors]
     if errors:
         log.warning("%d trial(s) failed: %s", len(errors), "; ".join(e.splitlines()[0] for e in errors))
-    return errors
 
 
 def summary(sweep: SweepConfig, table: pd.DataFrame, out: Path) -> str:
