@@ -64,7 +64,10 @@ def main() -> None:
     parser.add_argument("--pipeline", default="", help="a pipeline file; default: raylab's defaults")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="run seeds of every fraction below 1 (100%% labels: the first seed only)")
+                        help="run seeds of every fraction below 1 (100%% labels: see --full-seeds)")
+    parser.add_argument("--full-seeds", type=int, default=1, metavar="K",
+                        help="run seeds at 100%% labels: the first K of --seeds (every frame is labelled, "
+                             "so the seed draws only the initial weights and the clip order; default 1)")
     parser.add_argument("--synth-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="more config overrides, as raylab run --set")
@@ -77,7 +80,7 @@ def main() -> None:
         base = Path(args.out or tmp)
         for synth_seed in args.synth_seeds:
             for fraction in args.fractions:
-                for seed in (args.seeds if fraction < 1 else args.seeds[:1]):
+                for seed in (args.seeds if fraction < 1 else args.seeds[:args.full_seeds]):
                     run_dir = base / "runs" / f"synth{synth_seed}-f{fraction}-s{seed}"
                     runs.append(one_run(args.pipeline, base / "data", run_dir, synth_seed,
                                         fraction, seed, args.set))

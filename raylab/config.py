@@ -130,12 +130,17 @@ class DetectorConfig:
         return math.prod(self.temporal_strides), 2 ** len(self.widths)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 8  # passes over the cycle's training clips (at least; see min_clips)
     min_clips: int = 8000  # a cycle trains on at least this many clips: epochs are added to a cycle with few
     #                        clips, so that few labels are trained as long as many (0 = exactly `epochs`)
-    lr: float = 2e-3  # AdamW learning rate
+    lr: float = 2e-3  # AdamW learning rate (of the first epoch of every cycle)
+    lr_schedule: str = "cosine"  # constant | cosine: epoch e of a cycle of E epochs trains at
+    #                              lr·(1 + cos(π·e/E))/2 (train.epoch_lr)
     weight_decay: float = 1e-4  # AdamW weight decay
     cls_weight: float = 1.0  # weight of the classification (margin) loss in the total
     loc_weight: float = 1.0  # weight of the localization (MGW-weighted BCE) loss in the total
@@ -154,6 +159,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.cpus_per_worker <= 0:
             raise ConfigError("train.lr and train.cpus_per_worker must be > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
         for name in ("weight_decay", "cls_weight", "loc_weight", "checkpoint_every", "max_failures",
                      "min_clips"):
             if getattr(self, name) < 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -146,6 +147,19 @@ def _restore_rng(states: list[dict] | None, rank: int) -> None:
         torch.cuda.set_rng_state(states[rank]["cuda"])
 
 
+def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of `epoch` (0-based) of a cycle of `epochs`: `lr` throughout ("constant"), or
+    decayed from `lr` at the first epoch towards 0 along a half cosine ("cosine", lr·(1 + cos(π·epoch /
+    epochs))/2): the last epochs take small steps, so a cycle ends on settled weights rather than
+    wherever the last steps at the full rate left them. A function of the epoch alone, so a worker
+    restarted from a checkpoint continues on the same schedule."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
 def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save: Callable,
                 warm_start: Callable) -> None:
     """The Ray-aware part of a training worker, for any model (runs on every worker).
@@ -177,12 +191,15 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
     amp = config["mixed_precision"] and device.type == "cuda"
     for epoch in range(first_epoch, config["epochs"]):
         start = time.perf_counter()
+        lr = epoch_lr(config["lr"], config["lr_schedule"], epoch, config["epochs"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         # a different order every epoch, the same on every run
         batches = shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
                                      local_shuffle_buffer_size=4 * config["batch_size"],
                                      local_shuffle_seed=config["seed"] + epoch)
         metrics = run_epoch(model, batches, optimizer, device, amp)
-        metrics.update(epoch=epoch, seconds=time.perf_counter() - start)
+        metrics.update(epoch=epoch, lr=lr, seconds=time.perf_counter() - start)
         last = epoch == config["epochs"] - 1
         periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
         rng = rng_states() if last or periodic else None  # every rank takes part
@@ -204,7 +221,8 @@ def base_loop_config(cfg: Config, run_dir: Path, cycle: int, fallback_weights: s
     t = cfg.train
     previous = run_dir / "checkpoints" / f"cycle={cycle - 1}" / MODEL_FILE
     warm = str(previous.resolve()) if t.warm_start and previous.is_file() else fallback_weights
-    return {"warm_start": warm, "epochs": t.epochs, "lr": t.lr, "weight_decay": t.weight_decay,
+    return {"warm_start": warm, "epochs": t.epochs, "lr": t.lr, "lr_schedule": t.lr_schedule,
+            "weight_decay": t.weight_decay,
             "mixed_precision": t.mixed_precision, "checkpoint_every": t.checkpoint_every,
             "batch_size": cfg.clips.batch_size, "seed": cfg.seed + cycle}
 

@@ -28,6 +28,7 @@ def test_yaml_overrides_and_set(tmp_path):
         ("clips:\n  length: four\n", "clips.length: expected int"),
         ("clips:\n  length: 0\n", "clips.length must be >= 1"),
         ("labels:\n  loss_weighting: maybe\n", "loss_weighting"),
+        ("train:\n  lr_schedule: step\n", "train.lr_schedule must be one of constant, cosine"),
         ("clips: 3\n", "expected a mapping"),
     ],
 )

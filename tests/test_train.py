@@ -57,3 +57,40 @@ def test_on_a_cluster_too_few_cpus_only_warn_since_the_autoscaler_may_add_some(r
         _check_cpus_left_for_decoding(2.0, 1.0, autoscaling=True)
     assert "waits until the autoscaler adds CPUs" in caplog.text
     _check_cpus_left_for_decoding(1.0, 1.0, autoscaling=False)  # enough: nothing to say
+
+
+def test_the_cosine_schedule_decays_the_rate_over_the_cycle_and_constant_keeps_it():
+    from raylab.train import epoch_lr
+
+    cosine = [epoch_lr(2e-3, "cosine", e, 8) for e in range(8)]
+    assert cosine[0] == 2e-3 and cosine[4] == pytest.approx(1e-3)  # full rate, then half way at the middle
+    assert all(a > b for a, b in zip(cosine, cosine[1:])) and 0 < cosine[-1] < 0.05 * 2e-3
+    assert [epoch_lr(2e-3, "constant", e, 8) for e in range(8)] == [2e-3] * 8
+
+
+def test_the_worker_loop_trains_each_epoch_at_its_scheduled_rate(tmp_path):
+    """What the optimizer holds while an epoch runs, and what the epoch reports (in process)."""
+    import torch
+
+    from raylab.train import InProcessSession, epoch_lr, worker_loop
+
+    seen = []
+
+    def run_epoch(model, batches, optimizer, device, amp):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return {"total": 0.0}
+
+    config = {"epochs": 5, "lr": 1e-2, "lr_schedule": "cosine", "weight_decay": 0.0, "mixed_precision": False,
+              "checkpoint_every": 0, "batch_size": 2, "seed": 0, "warm_start": ""}
+    history = tmp_path / "history.jsonl"
+    session = InProcessSession(_NoBatches(), tmp_path, history, torch.device("cpu"))
+    worker_loop({**config, "session": session}, torch.nn.Linear(2, 1), run_epoch,
+                lambda path, model, **extra: torch.save({}, path), lambda model, path: None)
+    expected = [epoch_lr(1e-2, "cosine", e, 5) for e in range(5)]
+    assert seen == pytest.approx(expected)
+    assert [json.loads(line)["lr"] for line in history.read_text().splitlines()] == pytest.approx(expected)
+
+
+class _NoBatches:
+    def iter_batches(self, **kwargs):
+        return iter(())
