@@ -11,10 +11,11 @@ frames by distance to the nearest labelled frame (0: the labelled frames themsel
 
     python -m benchmarks.diagnose runs/results/synth0-f1.0-s0 --cycle 0
 
-Last line of output: JSON {"video_accuracy", "actionness_threshold", "mask_threshold", "box_iou_mean",
-"box_iou_ge_0.5", "box_iou_by_threshold", "train_box_iou_by_distance": {"0", "1-3", "4+": [frames,
-mean IoU]}, "actionness": {"with_actor", "without_actor", "with_actor_kept", "without_actor_kept"},
-"frame_map@0.5": {"predicted", "true_class", "true_class_no_threshold"}, "video_map@0.5": {...}}.
+Last line of output: JSON {"video_accuracy", "misclassified": {video: predicted class},
+"actionness_threshold", "mask_threshold", "box_iou_mean", "box_iou_ge_0.5", "box_iou_by_threshold",
+"train_box_iou_by_distance": {"0", "1-3", "4+": [frames, mean IoU]}, "actionness": {"with_actor",
+"without_actor", "with_actor_kept", "without_actor_kept"}, "frame_map@0.5": {"predicted", "true_class",
+"true_class_no_threshold"}, "video_map@0.5": {...}}.
 """
 
 from __future__ import annotations
@@ -82,10 +83,13 @@ def diagnose(run: Path, cycle: int) -> dict:
     for doc in docs.values():
         doc["frame_detections"], doc["tube_detections"] = [], []
     ious, scores, has_actor, hits = [], [], [], []
+    misclassified = {}  # video -> the class it was given
     boxes = _boxes_by_frame(gt)  # the ground truth's boxes of each frame
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
                                                 cfg.clips.batch_size, "cpu"):
         hits.append(int(np.argmax(class_probs)) == int(row.label))
+        if not hits[-1]:
+            misclassified[row.video_id] = classes[int(np.argmax(class_probs))]
         scale = (row.width / size[1], row.height / size[0])
         true = np.eye(len(classes))[row.label]
         for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),
@@ -108,7 +112,8 @@ def diagnose(run: Path, cycle: int) -> dict:
     metrics = {v: evaluate_stad(docs[v]) for v in VARIANTS}
     return {
         "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
-        "video_accuracy": float(np.mean(hits)), "actionness_threshold": threshold,
+        "video_accuracy": float(np.mean(hits)), "misclassified": misclassified,
+        "actionness_threshold": threshold,
         "mask_threshold": mask_threshold,
         "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
         "box_iou_by_threshold": {str(t): float(m) for t, m in zip(THRESHOLDS, by_threshold[:, 1:].mean(0))},

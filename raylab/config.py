@@ -145,6 +145,8 @@ class TrainConfig:
     cls_weight: float = 1.0  # weight of the classification (margin) loss in the total
     loc_weight: float = 1.0  # weight of the localization (MGW-weighted BCE) loss in the total
     flip: bool = True  # mirror half of the training clips left-right (frames and targets together)
+    crop_scale: float = 1.0  # scale jitter: crop each training clip to a window of side s × its own,
+    #                          s uniform in [crop_scale, 1], resized back (detector.random_crop); 1 = none
     num_workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # one GPU per worker and the nccl backend; gloo on CPU otherwise
     cpus_per_worker: float = 1.0  # CPUs reserved per training worker
@@ -159,6 +161,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.cpus_per_worker <= 0:
             raise ConfigError("train.lr and train.cpus_per_worker must be > 0")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"train.crop_scale must be in (0, 1], got {self.crop_scale}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"got {self.lr_schedule!r}")

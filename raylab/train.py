@@ -34,7 +34,14 @@ import torch
 
 from raylab.config import Config
 from raylab.losses import detector_loss
-from raylab.models.detector import Detector, DetectorConfig, batch_tensors, load_weights, random_flip
+from raylab.models.detector import (
+    Detector,
+    DetectorConfig,
+    batch_tensors,
+    load_weights,
+    random_crop,
+    random_flip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +341,10 @@ def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callab
 
 
 def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cls_weight: float,
-                loc_weight: float, flip: bool = False) -> dict[str, float]:
-    """One pass over `batches` (decoded clip batches), mirroring half of the clips when `flip`; returns
-    mean loss terms and the clip count."""
+                loc_weight: float, flip: bool = False, crop_scale: float = 1.0) -> dict[str, float]:
+    """One pass over `batches` (decoded clip batches), mirroring half of the clips when `flip` and
+    cropping them at random scales down to `crop_scale` (`random_crop`); returns mean loss terms and the
+    clip count."""
     model.train()
     sums: dict[str, float] = {}
     clips = 0
@@ -345,6 +353,7 @@ def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cl
         tensors = batch_tensors(batch, device)
         if flip:
             tensors = random_flip(tensors)
+        tensors = random_crop(tensors, crop_scale)
         with autocast:
             outputs = model(tensors["clip"], tensors["label"])  # conditioned on the true class
         terms = detector_loss(outputs, tensors, cls_weight=cls_weight, loc_weight=loc_weight)
@@ -372,7 +381,7 @@ def train_func(config: dict) -> None:
 
     def run_epoch(model, batches, optimizer, device, amp):
         return train_epoch(model, batches, optimizer, device, amp, config["cls_weight"], config["loc_weight"],
-                           config["flip"])
+                           config["flip"], config["crop_scale"])
 
     worker_loop(config, model, run_epoch, save_detector, load_weights)
 
@@ -388,7 +397,7 @@ def train_cycle(cfg: Config, run_dir: Path, cycle: int, dataset, num_classes: in
         **base_loop_config(cfg, run_dir, cycle, user_weights),
         "detector": dataclasses.asdict(dataclasses.replace(cfg.detector, weights="")),
         "num_classes": num_classes, "cls_weight": cfg.train.cls_weight, "loc_weight": cfg.train.loc_weight,
-        "flip": cfg.train.flip,
+        "flip": cfg.train.flip, "crop_scale": cfg.train.crop_scale,
     }
     return fit_cycle(cfg, run_dir, cycle, train_func, loop_config, {"train": dataset})
 

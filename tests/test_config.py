@@ -29,6 +29,7 @@ def test_yaml_overrides_and_set(tmp_path):
         ("clips:\n  length: 0\n", "clips.length must be >= 1"),
         ("labels:\n  loss_weighting: maybe\n", "loss_weighting"),
         ("train:\n  lr_schedule: step\n", "train.lr_schedule must be one of constant, cosine"),
+        ("train:\n  crop_scale: 0\n", "train.crop_scale must be in \\(0, 1\\]"),
         ("clips: 3\n", "expected a mapping"),
     ],
 )

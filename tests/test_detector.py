@@ -15,6 +15,7 @@ from raylab.models.detector import (
     DetectorConfig,
     batch_tensors,
     clips_to_tensor,
+    random_crop,
     squash,
 )
 from raylab.models.mc import enable_mc_dropout, mc_forward, mc_forward_full
@@ -96,6 +97,21 @@ def test_localization_is_class_conditioned():
     assert not torch.allclose(a, b)
     assert torch.equal(unknown, predicted["fg_logits"])  # label -1: condition on the predicted class
     assert torch.equal(onehot, b)
+
+
+def test_random_crop_keeps_frames_and_targets_aligned_and_one_is_no_crop():
+    torch.manual_seed(0)
+    tensors = batch_tensors(moving_squares(n=6, t=4, h=32, w=32, size=8))
+    tensors["clip"] = (tensors["clip"] > 0).float()  # 1 on the square, 0 elsewhere, as fg
+    out = random_crop(tensors, 0.6)
+    assert out["clip"].shape == tensors["clip"].shape and out["fg"].shape == tensors["fg"].shape
+    assert out["label"] is tensors["label"] and out["weight"] is tensors["weight"]
+    torch.testing.assert_close(out["fg"], out["clip"][:, 0])  # the same window, resized the same way
+    assert not torch.equal(out["fg"], tensors["fg"])
+    # the window lies inside the clip: a clip that is all foreground stays all foreground (no padding)
+    full = random_crop({**tensors, "fg": torch.ones_like(tensors["fg"])}, 0.6)
+    torch.testing.assert_close(full["fg"], torch.ones_like(tensors["fg"]))
+    assert random_crop(tensors, 1.0) is tensors
 
 
 def test_squash_is_finite_at_zero():

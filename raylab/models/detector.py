@@ -71,6 +71,31 @@ def random_flip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def random_crop(tensors: dict[str, torch.Tensor], min_scale: float) -> dict[str, torch.Tensor]:
+    """Scale jitter: every clip of a batch (`batch_tensors`) cropped to a random square-scaled window
+    (each side `s` × the clip's, s uniform in [min_scale, 1], placed uniformly) and resized back, frames
+    (bilinear) and foreground targets (bilinear, so they turn soft at the edges) together, drawing from
+    torch's RNG. The actor is seen at other sizes and positions, with its surroundings cut by the border
+    as the frame border cuts them in other videos. `min_scale` 1 returns the batch unchanged."""
+    if min_scale >= 1.0:
+        return tensors
+    clip, fg = tensors["clip"], tensors["fg"]
+    h, w = clip.shape[-2:]
+    scales = min_scale + (1.0 - min_scale) * torch.rand(len(clip))
+    clips, fgs = [], []
+    for b, s in enumerate(scales.tolist()):
+        ch, cw = max(1, round(h * s)), max(1, round(w * s))
+        y0 = int(torch.randint(h - ch + 1, ()))
+        x0 = int(torch.randint(w - cw + 1, ()))
+        window = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+        # [3, T, ch, cw] and [1, T, ch, cw]: interpolate resizes the last two dimensions
+        clips.append(F.interpolate(clip[b][..., window[0], window[1]], size=(h, w), mode="bilinear",
+                                   align_corners=False))
+        fgs.append(F.interpolate(fg[b][None, :, window[0], window[1]], size=(h, w), mode="bilinear",
+                                 align_corners=False)[0])
+    return {**tensors, "clip": torch.stack(clips), "fg": torch.stack(fgs)}
+
+
 def _conv_bn(cin: int, cout: int, stride=1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
                          nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
