@@ -72,8 +72,8 @@ def random_flip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def random_crop(tensors: dict[str, torch.Tensor], min_scale: float) -> dict[str, torch.Tensor]:
-    """Scale jitter: every clip of a batch (`batch_tensors`) cropped to a random square-scaled window
-    (each side `s` × the clip's, s uniform in [min_scale, 1], placed uniformly) and resized back, frames
+    """Scale jitter: every clip of a batch (`batch_tensors`) cropped to a random window (height and width
+    `s` × the clip's, s uniform in [min_scale, 1], placed uniformly) and resized back, frames
     (bilinear) and foreground targets (bilinear, so they turn soft at the edges) together, drawing from
     torch's RNG. The actor is seen at other sizes and positions, with its surroundings cut by the border
     as the frame border cuts them in other videos. `min_scale` 1 returns the batch unchanged."""
