@@ -87,9 +87,10 @@ def diagnose(run: Path, cycle: int) -> dict:
     boxes = _boxes_by_frame(gt)  # the ground truth's boxes of each frame
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
                                                 cfg.clips.batch_size, "cpu"):
-        hits.append(int(np.argmax(class_probs)) == int(row.label))
+        predicted = int(np.argmax(class_probs))
+        hits.append(predicted == int(row.label))
         if not hits[-1]:
-            misclassified[row.video_id] = classes[int(np.argmax(class_probs))]
+            misclassified[row.video_id] = classes[predicted]
         scale = (row.width / size[1], row.height / size[0])
         true = np.eye(len(classes))[row.label]
         for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),

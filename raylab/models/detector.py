@@ -87,11 +87,10 @@ def random_crop(tensors: dict[str, torch.Tensor], min_scale: float) -> dict[str,
         ch, cw = max(1, round(h * s)), max(1, round(w * s))
         y0 = int(torch.randint(h - ch + 1, ()))
         x0 = int(torch.randint(w - cw + 1, ()))
-        window = (slice(y0, y0 + ch), slice(x0, x0 + cw))
         # [3, T, ch, cw] and [1, T, ch, cw]: interpolate resizes the last two dimensions
-        clips.append(F.interpolate(clip[b][..., window[0], window[1]], size=(h, w), mode="bilinear",
+        clips.append(F.interpolate(clip[b, ..., y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear",
                                    align_corners=False))
-        fgs.append(F.interpolate(fg[b][None, :, window[0], window[1]], size=(h, w), mode="bilinear",
+        fgs.append(F.interpolate(fg[b, None, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear",
                                  align_corners=False)[0])
     return {**tensors, "clip": torch.stack(clips), "fg": torch.stack(fgs)}
 
