@@ -55,7 +55,7 @@ def training_box_ious(data, model, cycle: int, mask_threshold: float) -> dict:
     boxes = _boxes_by_frame(data.gt[data.gt["video_id"].isin(data.train["video_id"])])
     distance, ious = [], []
     for row, fg, _ in predict_each_video(model, data.train, data.root, cfg.clips.length, size,
-                                         cfg.clips.batch_size, "cpu"):
+                                         cfg.clips.batch_size, "cpu", cfg.clips.stride):
         frames = [i for i in range(row.num_frames) if (row.video_id, i) in boxes]
         marks = labelled.get(row.video_id, np.array([], np.int64))
         distance += [np.abs(marks - i).min() if len(marks) else np.inf for i in frames]
@@ -86,7 +86,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     misclassified = {}  # video -> the class it was given
     boxes = _boxes_by_frame(gt)  # the ground truth's boxes of each frame
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
-                                                cfg.clips.batch_size, "cpu"):
+                                                cfg.clips.batch_size, "cpu", cfg.clips.stride):
         predicted = int(np.argmax(class_probs))
         hits.append(predicted == int(row.label))
         if not hits[-1]:

@@ -141,9 +141,10 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     c = cfg.clips
     size = (c.height, c.width)
     calibration = calibrate_detector(model, data.train, store.to_pandas(), data.root, c.length, size,
-                                     batch=c.batch_size)
+                                     batch=c.batch_size, stride=c.stride)
     doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
-                          data.root, c.length, size, batch=c.batch_size, calibration=calibration)
+                          data.root, c.length, size, batch=c.batch_size, calibration=calibration,
+                          stride=c.stride)
     metrics = evaluate_stad(doc)
     history = checkpoint / "history.jsonl"
     record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),

@@ -72,11 +72,14 @@ def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[s
 
 
 def predict_each_video(model, index: pd.DataFrame, video_root: str | Path, length: int,
-                       size: tuple[int, int], batch: int, device):
-    """(index row, foreground probabilities, class probabilities) of every video of `index`, in order."""
+                       size: tuple[int, int], batch: int, device, stride: int = 1):
+    """(index row, foreground probabilities, class probabilities) of every video of `index`, in order.
+
+    `stride`: the step between a clip's frames, as in training (`clips.stride`): the detector sees the
+    motion at the speed it learned it; each phase of the tiling predicts its own frames."""
     model.eval()
     for row in index.itertuples(index=False):
-        clips = tile_clips(pd.DataFrame([row._asdict()]), length, 1)
+        clips = tile_clips(pd.DataFrame([row._asdict()]), length, stride)
         table = clip_table(clips, index, video_root)
         yield row, *predict_video(model, table, size, int(row.num_frames), batch, device)
 
@@ -92,7 +95,8 @@ class Calibration:
 
 
 def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_root: str | Path,
-                       length: int, size: tuple[int, int], batch: int = 8, device="cpu") -> Calibration:
+                       length: int, size: tuple[int, int], batch: int = 8, device="cpu",
+                       stride: int = 1) -> Calibration:
     """`model`'s actionness threshold (`masks.calibrate_actionness`) and foreground threshold
     (`masks.best_mask_threshold`: the best mean box IoU of the labelled actor frames), set on labelled
     training frames.
@@ -100,11 +104,12 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
     Args:
         index: the videos that hold the labelled frames.
         labels: label-store rows (video_id, frame, boxes): a frame with no box is a labelled negative.
+        stride: the clips' frame step (`predict_each_video`).
     """
     by_video = dict(tuple(labels.groupby("video_id")))
     scores, has_actor, box_ious = [], [], []
     for row, fg, _ in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root, length,
-                                         size, batch, device):
+                                         size, batch, device, stride):
         rows = by_video[row.video_id]
         frames = fg[rows["frame"].to_numpy(np.int64)]
         scores.append(actionness(frames))
@@ -120,16 +125,18 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
 
 def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
                     length: int, size: tuple[int, int], batch: int = 8, device="cpu",
-                    calibration: Calibration = Calibration()) -> dict:
+                    calibration: Calibration = Calibration(), stride: int = 1) -> dict:
     """Predict every video of `index` and return the full evaluation document (see docs/evaluation.md),
     plus "predicted_classes": {video_id: the class of the highest mean clip probability}.
 
     `calibration`: the actionness and foreground thresholds (`calibrate_detector` sets them on training
-    frames; the default detects on every frame, with pixels >= 0.5).
+    frames; the default detects on every frame, with pixels >= 0.5); `stride`: the clips' frame step
+    (`predict_each_video`).
     """
     doc = ground_truth_document(index, gt, classes)
     doc["frame_detections"], doc["tube_detections"], doc["predicted_classes"] = [], [], {}
-    for row, fg, class_probs in predict_each_video(model, index, video_root, length, size, batch, device):
+    for row, fg, class_probs in predict_each_video(model, index, video_root, length, size, batch, device,
+                                                   stride):
         doc["predicted_classes"][row.video_id] = int(np.argmax(class_probs))
         scale = (row.width / size[1], row.height / size[0])
         # a scored detection per class, as detectors report them: a misclassified video still ranks
