@@ -101,6 +101,9 @@ class DetectorConfig:
     routing_iters: int = 3  # dynamic routing iterations (1 = uniform coupling, no routing)
     cond_channels: int = 16  # channels of the class-conditioning map the localization decoder receives
     dropout: float = 0.3  # dropout probability on the encoder features (the only stochastic layers)
+    challenge: float = 0.0  # representation self-challenging (RSC, Huang et al. 2020), training only, linear
+    #                         head: a third of each batch's clips are classified with this share of their
+    #                         pooled features muted, those adding most to the true class (0 = off)
     weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
 
     def __post_init__(self):
@@ -123,6 +126,11 @@ class DetectorConfig:
                 raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"detector.dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.challenge < 1:
+            raise ConfigError(f"detector.challenge must be in [0, 1), got {self.challenge}")
+        if self.challenge and self.head != "linear":
+            raise ConfigError("detector.challenge needs detector.head: linear (it mutes the pooled features "
+                              "the linear head weighs)")
 
     @property
     def strides(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from raylab.models.detector import (
     batch_tensors,
     clips_to_tensor,
     random_crop,
+    self_challenge,
     squash,
 )
 from raylab.models.mc import enable_mc_dropout, mc_forward, mc_forward_full
@@ -48,7 +49,7 @@ def test_config_presets_and_validation():
     assert DetectorConfig(preset="i3d_like").strides == (4, 16)
     assert DetectorConfig(widths=[8, 16], temporal_strides=[1, 2]).widths == (8, 16)
     for bad in ({"preset": "huge"}, {"head": "em"}, {"dropout": 1.0}, {"widths": (8, 16)},
-                {"routing_iters": 0}):
+                {"routing_iters": 0}, {"challenge": 1.0}, {"challenge": 0.3, "head": "capsules"}):
         with pytest.raises(ConfigError):
             DetectorConfig(**bad)
 
@@ -112,6 +113,40 @@ def test_random_crop_keeps_frames_and_targets_aligned_and_one_is_no_crop():
     full = random_crop({**tensors, "fg": torch.ones_like(tensors["fg"])}, 0.6)
     torch.testing.assert_close(full["fg"], torch.ones_like(tensors["fg"]))
     assert random_crop(tensors, 1.0) is tensors
+
+
+def test_self_challenge_mutes_the_features_that_carry_the_true_class_of_a_third_of_the_clips():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 2, bias=False)
+    with torch.no_grad():  # class 0 reads features 0-2, class 1 features 3-5; feature k weighs k + 1
+        head.weight.copy_(torch.tensor([[1.0, 2, 3, 0, 0, 0], [0, 0, 0, 4, 5, 6]]))
+    features = torch.ones(3000, 6)
+    labels = torch.tensor([0, 1, -1]).repeat(1000)
+    logits = self_challenge(features, head, labels, share=0.34)  # mutes ceil(0.34 * 6) = 3 features
+    plain = head(features)
+    challenged = ~torch.isclose(logits, plain).all(1)
+    # class 0 loses its three features, class 1 its three; a clip without a label is never challenged
+    assert torch.equal(logits[challenged & (labels == 0)].unique(dim=0), torch.tensor([[0.0, 15.0]]))
+    assert torch.equal(logits[challenged & (labels == 1)].unique(dim=0), torch.tensor([[6.0, 0.0]]))
+    assert not challenged[labels == -1].any()
+    share = challenged[labels >= 0].float().mean().item()
+    assert abs(share - 1 / 3) < 0.04, share
+
+
+def test_challenge_acts_in_training_only():
+    cfg = DetectorConfig(widths=(8, 16), temporal_strides=(1, 2), challenge=0.5, dropout=0.0)
+    torch.manual_seed(0)
+    model = Detector(cfg, 2)
+    plain = Detector(DetectorConfig(widths=(8, 16), temporal_strides=(1, 2), dropout=0.0), 2)
+    plain.load_state_dict(model.state_dict())
+    x = clips_to_tensor(moving_squares(n=6, t=4, h=16, w=16, size=4)["clip"])
+    labels = torch.tensor([0, 1] * 3)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x, labels)["class_logits"], plain(x, labels)["class_logits"])
+    model.train(), plain.train()  # batch norm uses the batch's statistics in both
+    torch.manual_seed(1)
+    logits = model(x, labels)["class_logits"]
+    assert not torch.allclose(logits, plain(x, labels)["class_logits"])
 
 
 def test_squash_is_finite_at_zero():

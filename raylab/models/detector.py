@@ -23,6 +23,7 @@ Input size: T must be divisible by the product of `temporal_strides`, H and W by
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,25 @@ def random_crop(tensors: dict[str, torch.Tensor], min_scale: float) -> dict[str,
         fgs.append(F.interpolate(fg[b, None, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear",
                                  align_corners=False)[0])
     return {**tensors, "clip": torch.stack(clips), "fg": torch.stack(fgs)}
+
+
+CHALLENGED_SHARE = 1 / 3  # of a batch's labelled clips, classified with muted features (RSC's batch share)
+
+
+def self_challenge(features: torch.Tensor, head: nn.Linear, labels: torch.Tensor,
+                   share: float) -> torch.Tensor:
+    """Class logits [B, C] of pooled features [B, D] under representation self-challenging (RSC, Huang
+    et al. 2020, with gradient × activation as the importance): for CHALLENGED_SHARE of the clips with a
+    label (>= 0), drawn from torch's RNG, the ceil(share · D) features adding most to the true class's
+    logit (feature × its weight, the gradient of that logit times the activation) are set to 0 before
+    the head. The dominant cue of a class is taken away from some clips at every step, so the others
+    must carry the class too. Other clips get the plain logits."""
+    muted = max(1, math.ceil(share * features.shape[1]))
+    contribution = features.detach() * head.weight.detach()[labels.clamp_min(0)]  # [B, D]
+    top = contribution.topk(muted, dim=1).indices
+    keep = torch.ones_like(features).scatter_(1, top, 0.0)
+    challenged = (labels >= 0) & (torch.rand(len(labels), device=features.device) < CHALLENGED_SHARE)
+    return head(torch.where(challenged[:, None], features * keep, features))
 
 
 def _conv_bn(cin: int, cout: int, stride=1, kernel: int = 3) -> nn.Sequential:
@@ -214,7 +234,11 @@ class Detector(nn.Module):
             out["class_probs"] = scores / scores.sum(-1, keepdim=True).clamp_min(1e-8)
         else:
             # the max finds a small cue (an object the action comes with) that the mean dilutes
-            scores = self.head(torch.cat([deep.mean((2, 3, 4)), deep.amax((2, 3, 4))], 1))
+            pooled = torch.cat([deep.mean((2, 3, 4)), deep.amax((2, 3, 4))], 1)
+            if self.training and self.cfg.challenge and condition is not None and condition.dim() == 1:
+                scores = self_challenge(pooled, self.head, condition.long(), self.cfg.challenge)
+            else:
+                scores = self.head(pooled)
             out["class_logits"] = scores
             out["class_probs"] = scores.softmax(-1)
         mask = self._class_mask(scores.detach(), condition)  # [B, C]
