@@ -102,8 +102,8 @@ class DetectorConfig:
     cond_channels: int = 16  # channels of the class-conditioning map the localization decoder receives
     dropout: float = 0.3  # dropout probability on the encoder features (the only stochastic layers)
     challenge: float = 0.0  # representation self-challenging (RSC, Huang et al. 2020), training only, linear
-    #                         head: a third of each batch's labelled clips are classified with this share of their
-    #                         pooled features muted, those adding most to the true class (0 = off)
+    #                         head: a third of each batch's labelled clips are classified with this share of
+    #                         their pooled features muted, those adding most to the true class (0 = off)
     weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
 
     def __post_init__(self):
