@@ -86,7 +86,6 @@ DETECTOR_PRESETS = {
     "i3d_like": ((64, 128, 256, 512), 2, (1, 1, 2, 2)),  # ~15M params, I3D-like widths, for GPUs
 }
 DETECTOR_HEADS = ("capsules", "linear")
-CHALLENGE_DEFAULT = 0.33  # RSC's muted share: gains at 1% and 100% labels (docs/RESULTS.md, step 13)
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,9 @@ class DetectorConfig:
     routing_iters: int = 3  # dynamic routing iterations (1 = uniform coupling, no routing)
     cond_channels: int = 16  # channels of the class-conditioning map the localization decoder receives
     dropout: float = 0.3  # dropout probability on the encoder features (the only stochastic layers)
-    challenge: float | None = None  # representation self-challenging (RSC, Huang et al. 2020), training
-    #   only, linear head: a third of each batch's labelled clips are classified with this share of their
-    #   pooled features muted, those adding most to the true class (0 = off); None = CHALLENGE_DEFAULT with
-    #   the linear head, 0 with the capsule head (docs/RESULTS.md, step 13)
+    challenge: float = 0.0  # representation self-challenging (RSC, Huang et al. 2020), training only, linear
+    #                         head: a third of each batch's labelled clips are classified with this share of
+    #                         their pooled features muted, those adding most to the true class (0 = off)
     weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
 
     def __post_init__(self):
@@ -128,12 +126,8 @@ class DetectorConfig:
                 raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"detector.dropout must be in [0, 1), got {self.dropout}")
-        if self.challenge is None:
-            object.__setattr__(self, "challenge", CHALLENGE_DEFAULT if self.head == "linear" else 0.0)
-        if isinstance(self.challenge, bool) or not isinstance(self.challenge, (int, float)) \
-                or not 0 <= self.challenge < 1:
-            raise ConfigError(f"detector.challenge must be a number in [0, 1), got {self.challenge!r}")
-        object.__setattr__(self, "challenge", float(self.challenge))
+        if not 0 <= self.challenge < 1:
+            raise ConfigError(f"detector.challenge must be in [0, 1), got {self.challenge}")
         if self.challenge and self.head != "linear":
             raise ConfigError("detector.challenge needs detector.head: linear (it mutes the pooled features "
                               "the linear head weighs)")
