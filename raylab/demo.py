@@ -1,7 +1,8 @@
 """The main job on an embedded default: APU-global + MGW against random selection on SynthActions.
 
 Generates (or reuses) the small SynthActions set, runs the active-learning loop once per strategy on a
-local Ray (or the cluster of `ray.address`), each in its own run directory, prints the metrics per
+local Ray (or the cluster of `ray.address`), each in its own run directory (cycle 0, before any
+selection, is trained and evaluated once and shared: `loop.share_first_cycle`), prints the metrics per
 strategy and cycle, and writes the report comparing them. Rerunning resumes or reuses finished runs.
 Where the cluster has GPUs, training and scoring use them.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from raylab.config import Config, ConfigError
 from raylab.data.stream import cluster_gpus, init_ray
-from raylab.loop import method_of, metrics_table, run_loop, with_strategy
+from raylab.loop import method_of, metrics_table, run_loop, share_first_cycle, with_strategy
 from raylab.rundir import read_metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def run_demo(cfg: Config, out: Path, strategies: tuple[str, ...] = DEMO_STRATEGI
     runs = {}
     for strategy in strategies:
         print(f"== {strategy}: {cfg.loop.cycles} cycles, +{cfg.loop.step_fraction:.1%} of frames per cycle")
+        if runs and share_first_cycle(runs[strategies[0]], with_strategy(cfg, strategy), out / strategy):
+            print(f"cycle 0 (the initial frames, before any selection) is {strategies[0]}'s: trained once")
         run_loop(with_strategy(cfg, strategy), out / strategy)
         runs[strategy] = out / strategy
     print()

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import pandas as pd
 
 from raylab.config import Config, absolute_paths, flat_keys, to_dict, to_yaml
 from raylab.data.labels import LabelStore
@@ -193,6 +196,51 @@ def run_loop(cfg: Config, run_dir: Path, progress: bool = True,
         if step == STEPS[0]:
             bar.close()
             bar = None
+
+
+# the steps of cycle 0 that no selection strategy reaches: it trains on the initial frames and evaluates
+SHARED_STEPS = ("train", "evaluate")
+
+
+def share_first_cycle(source: Path, cfg: Config, run_dir: Path) -> bool:
+    """Start the run of `cfg` in `run_dir` with cycle 0 of the run in `source`, when the two differ in
+    `loop.strategy` at most (and in where Ray runs and when they stop): cycle 0 trains on the same initial
+    frames from the same seed and evaluates, so running it again repeats the source's to the last digit
+    (the demo's second strategy). Copies the cycle's checkpoint and metrics (the record names the source
+    under "shared_from") and records its train and evaluate steps as done, in 0 seconds (nothing ran).
+
+    Returns False, and copies nothing, when `run_dir` has begun a cycle, `source` has not evaluated cycle
+    0, the configs differ in more, or the initial frames differ.
+    """
+    source, paths = RunPaths(Path(source).resolve()), RunPaths(Path(run_dir).resolve())
+    if paths.state.is_file() and read_state(paths.path)["step"] is not None:
+        return False
+    if not source.cycle_metrics(0).is_file():
+        return False
+    diff = [d for d in config_differences(run_config(source.path), absolute_paths(cfg))
+            if d.split(":")[0] not in STOP_KEYS]
+    if [d.split(":")[0] for d in diff] not in ([], ["loop.strategy"]):
+        log.info("cycle 0 of %s not shared: its config differs in %s", source.path, "; ".join(diff))
+        return False
+    data, store = open_run(cfg, paths.path)
+
+    def initial_frames(labels: LabelStore) -> pd.DataFrame:
+        rows = labels.to_pandas().query("cycle == 0")[["video_id", "frame"]]
+        return rows.sort_values(["video_id", "frame"]).reset_index(drop=True)
+
+    if not initial_frames(store).equals(initial_frames(LabelStore(source.labels))):
+        log.info("cycle 0 of %s not shared: its initial frames differ", source.path)
+        return False
+    shutil.copytree(source.checkpoint_dir(0), paths.checkpoint_dir(0), dirs_exist_ok=True)
+    record = json.loads(source.cycle_metrics(0).read_text())
+    write_atomic(paths.cycle_metrics(0), json.dumps({**record, "shared_from": str(source.path)}) + "\n")
+    state = write_state(paths.path, cycle=0, step=SHARED_STEPS[-1],
+                        seconds={"0": dict.fromkeys(SHARED_STEPS, 0.0)})
+    rebuild_metrics(paths, state)
+    reason = stop_reason(data.cfg, data, store, 0)
+    if reason:
+        write_state(paths.path, finished=True, stop_reason=reason)
+    return True
 
 
 def with_strategy(cfg: Config, strategy: str) -> Config:

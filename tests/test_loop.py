@@ -23,8 +23,16 @@ import pytest
 from raylab.asl import cycle_budget, initial_requests
 from raylab.config import load_config
 from raylab.data.labels import LabelStore
-from raylab.loop import config_differences, open_run, stop_reason
-from raylab.rundir import RunStateError, metric_value, next_step, read_state, write_atomic, write_state
+from raylab.loop import config_differences, open_run, share_first_cycle, stop_reason, with_strategy
+from raylab.rundir import (
+    RunStateError,
+    metric_value,
+    next_step,
+    read_state,
+    run_config,
+    write_atomic,
+    write_state,
+)
 from tests.conftest import open_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,6 +239,32 @@ def test_a_finished_run_is_extended_by_raising_its_cycles(smoke_run, tmp_path):
     assert LabelStore(run / "labels").cycles() == [0, 1, 2]
     assert [json.loads(x)["cycle"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert "cycles: 3" in (run / "config.yaml").read_text()
+
+
+def test_a_second_strategy_starts_from_cycle_0_of_the_first(smoke_run, tmp_path):
+    """The demo's second strategy: cycle 0 (initial frames, no selection yet) is copied, not retrained."""
+    synth, reference, _ = smoke_run
+    cfg = with_strategy(run_config(reference), "random")
+    run = tmp_path / "random"
+    assert share_first_cycle(reference, cfg, run)
+    state = read_state(run)
+    assert (state["cycle"], state["step"], state["finished"]) == (0, "evaluate", False)
+    assert next_step(state) == (0, "score") and "strategy: random" in (run / "config.yaml").read_text()
+    model = Path("checkpoints", "cycle=0", "model.pt")
+    assert (run / model).read_bytes() == (reference / model).read_bytes()
+    shared, = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first = json.loads((reference / "metrics.jsonl").read_text().splitlines()[0])
+    assert shared["metrics"] == first["metrics"] and shared["shared_from"] == str(reference.resolve())
+    assert shared["seconds"] == {"train": 0.0, "evaluate": 0.0}  # nothing ran in this run
+    pd.testing.assert_frame_equal(store_rows(run), store_rows(reference).query("cycle == 0"))
+    assert not share_first_cycle(reference, cfg, run)  # begun: left as it is
+    assert read_state(run) == state
+    # a one-cycle run is finished by its shared cycle; a config that changes cycle 0 shares nothing
+    one = replace(cfg, loop=replace(cfg.loop, cycles=1))
+    assert share_first_cycle(reference, one, tmp_path / "one")
+    assert read_state(tmp_path / "one")["stop_reason"] == "1 cycle done"
+    other = replace(cfg, labels=replace(cfg.labels, sigma=2.0))
+    assert not share_first_cycle(reference, other, tmp_path / "other") and not (tmp_path / "other").exists()
 
 
 def test_state_file_is_updated_atomically(tmp_path):
