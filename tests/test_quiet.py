@@ -22,18 +22,21 @@ def console():
     handler = logging.StreamHandler(os.fdopen(2, "w", buffering=1, closefd=False))
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
-    saved = {}
+    level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not `.level =`: it clears the loggers' isEnabledFor caches,
+    saved = {}                   # which an earlier test's log.info at the default WARNING filled
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         saved[name] = (logger.handlers[:], logger.propagate, logger.level)
-        logger.handlers, logger.propagate, logger.level = [], True, logging.NOTSET
+        logger.handlers, logger.propagate = [], True
+        logger.setLevel(logging.NOTSET)
     yield handler
     for name, (handlers, propagate, lvl) in saved.items():
         logger = logging.getLogger(name)
-        logger.handlers, logger.propagate, logger.level = handlers, propagate, lvl
+        logger.handlers, logger.propagate = handlers, propagate
+        logger.setLevel(lvl)
     root.removeHandler(handler)
-    root.level = level
+    root.setLevel(level)
 
 
 def test_ray_output_goes_to_the_log_and_raylab_output_to_the_terminal(tmp_path, capfd, console):
