@@ -104,8 +104,6 @@ class DetectorConfig:
     challenge: float = 0.0  # representation self-challenging (RSC, Huang et al. 2020), training only, linear
     #                         head: a third of each batch's labelled clips are classified with this share of
     #                         their pooled features muted, those adding most to the true class (0 = off)
-    challenge_start: float = 0.5  # share of each cycle's epochs trained without the challenge before it
-    #                               starts: the class is learned first, then its strongest cue is taken away
     weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
 
     def __post_init__(self):
@@ -130,8 +128,6 @@ class DetectorConfig:
             raise ConfigError(f"detector.dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.challenge < 1:
             raise ConfigError(f"detector.challenge must be in [0, 1), got {self.challenge}")
-        if not 0 <= self.challenge_start < 1:
-            raise ConfigError(f"detector.challenge_start must be in [0, 1), got {self.challenge_start}")
         if self.challenge and self.head != "linear":
             raise ConfigError("detector.challenge needs detector.head: linear (it mutes the pooled features "
                               "the linear head weighs)")

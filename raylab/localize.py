@@ -255,11 +255,7 @@ def train_func(config: dict) -> None:
     """Ray Train worker loop of the localizer (runs on every worker)."""
     torch.manual_seed(config["seed"])  # the same initial weights on every rank
     model = Localizer(LocalizerConfig(**config["localizer"]), config["num_classes"])
-
-    def run_epoch(model, batches, optimizer, device, amp, epoch):  # every epoch trains alike
-        return train_epoch(model, batches, optimizer, device, amp)
-
-    worker_loop(config, model, run_epoch, save_localizer, _warm_start)
+    worker_loop(config, model, train_epoch, save_localizer, _warm_start)
 
 
 def train_localizer_cycle(cfg: Config, run_dir: Path, cycle: int, dataset, num_classes: int) -> CycleResult:

@@ -38,7 +38,6 @@ from raylab.models.detector import (
     Detector,
     DetectorConfig,
     batch_tensors,
-    challenge_active,
     load_weights,
     random_crop,
     random_flip,
@@ -176,8 +175,7 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
         config: the loop config of `base_loop_config` (plus the model's own keys); its "session" entry,
             when present, replaces Ray Train (`InProcessSession`).
         model: freshly built on every rank from the same seed (DDP also broadcasts rank 0's weights).
-        run_epoch: plain torch, `run_epoch(model, batches, optimizer, device, amp, epoch) -> metrics dict`
-            (`epoch` 0-based, of config["epochs"], for schedules of the model's own).
+        run_epoch: plain torch, `run_epoch(model, batches, optimizer, device, amp) -> metrics dict`.
         save: `save(path, model, optimizer=state_dict, epoch=int, rng=list)` writes MODEL_FILE; its
             "model", "optimizer", "epoch" and "rng" (every rank's RNG state) entries are what a
             restarted worker resumes from, exactly where the run without the failure would be.
@@ -207,7 +205,7 @@ def worker_loop(config: dict, model: torch.nn.Module, run_epoch: Callable, save:
         batches = shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy",
                                      local_shuffle_buffer_size=4 * config["batch_size"],
                                      local_shuffle_seed=config["seed"] + epoch)
-        metrics = run_epoch(model, batches, optimizer, device, amp, epoch)
+        metrics = run_epoch(model, batches, optimizer, device, amp)
         metrics.update(epoch=epoch, lr=lr, seconds=time.perf_counter() - start)
         last = epoch == config["epochs"] - 1
         periodic = config["checkpoint_every"] and (epoch + 1) % config["checkpoint_every"] == 0
@@ -343,11 +341,10 @@ def _fit_on_ray_train(cfg: Config, run_dir: Path, cycle: int, train_func: Callab
 
 
 def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cls_weight: float,
-                loc_weight: float, flip: bool = False, crop_scale: float = 1.0,
-                challenge: bool = False) -> dict[str, float]:
-    """One pass over `batches` (decoded clip batches), mirroring half of the clips when `flip`, cropping
-    them at random scales down to `crop_scale` (`random_crop`) and classifying under self-challenging
-    when `challenge` (`detector.challenge_active`); returns mean loss terms and the clip count."""
+                loc_weight: float, flip: bool = False, crop_scale: float = 1.0) -> dict[str, float]:
+    """One pass over `batches` (decoded clip batches), mirroring half of the clips when `flip` and
+    cropping them at random scales down to `crop_scale` (`random_crop`); returns mean loss terms and the
+    clip count."""
     model.train()
     sums: dict[str, float] = {}
     clips = 0
@@ -358,7 +355,7 @@ def train_epoch(model, batches: Iterable[dict], optimizer, device, amp: bool, cl
             tensors = random_flip(tensors)
         tensors = random_crop(tensors, crop_scale)
         with autocast:
-            outputs = model(tensors["clip"], tensors["label"], challenge)  # conditioned on the true class
+            outputs = model(tensors["clip"], tensors["label"])  # conditioned on the true class
         terms = detector_loss(outputs, tensors, cls_weight=cls_weight, loc_weight=loc_weight)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -380,13 +377,11 @@ def save_detector(path: Path, model, **extra) -> None:
 def train_func(config: dict) -> None:
     """Ray Train worker loop of the detector (runs on every worker)."""
     torch.manual_seed(config["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    detector = DetectorConfig(**config["detector"])
-    model = Detector(detector, config["num_classes"])
+    model = Detector(DetectorConfig(**config["detector"]), config["num_classes"])
 
-    def run_epoch(model, batches, optimizer, device, amp, epoch):
+    def run_epoch(model, batches, optimizer, device, amp):
         return train_epoch(model, batches, optimizer, device, amp, config["cls_weight"], config["loc_weight"],
-                           config["flip"], config["crop_scale"],
-                           challenge_active(detector, epoch, config["epochs"]))
+                           config["flip"], config["crop_scale"])
 
     worker_loop(config, model, run_epoch, save_detector, load_weights)
 

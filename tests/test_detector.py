@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,6 @@ from raylab.models.detector import (
     Detector,
     DetectorConfig,
     batch_tensors,
-    challenge_active,
     clips_to_tensor,
     random_crop,
     self_challenge,
@@ -52,8 +49,7 @@ def test_config_presets_and_validation():
     assert DetectorConfig(preset="i3d_like").strides == (4, 16)
     assert DetectorConfig(widths=[8, 16], temporal_strides=[1, 2]).widths == (8, 16)
     for bad in ({"preset": "huge"}, {"head": "em"}, {"dropout": 1.0}, {"widths": (8, 16)},
-                {"routing_iters": 0}, {"challenge": 1.0}, {"challenge": 0.3, "head": "capsules"},
-                {"challenge_start": 1.0}):
+                {"routing_iters": 0}, {"challenge": 1.0}, {"challenge": 0.3, "head": "capsules"}):
         with pytest.raises(ConfigError):
             DetectorConfig(**bad)
 
@@ -137,15 +133,7 @@ def test_self_challenge_mutes_the_features_that_carry_the_true_class_of_a_third_
     assert abs(share - 1 / 3) < 0.04, share
 
 
-def test_challenge_starts_at_its_share_of_the_epochs_and_only_when_set():
-    cfg = DetectorConfig(challenge=0.33, challenge_start=0.5)
-    assert [challenge_active(cfg, e, 6) for e in range(6)] == [False] * 3 + [True] * 3
-    assert [challenge_active(cfg, e, 5) for e in range(5)] == [False] * 3 + [True] * 2
-    assert all(challenge_active(replace(cfg, challenge_start=0.0), e, 4) for e in range(4))
-    assert not any(challenge_active(replace(cfg, challenge=0.0), e, 6) for e in range(6))
-
-
-def test_challenge_acts_in_training_only_and_when_asked():
+def test_challenge_acts_in_training_only():
     cfg = DetectorConfig(widths=(8, 16), temporal_strides=(1, 2), challenge=0.5, dropout=0.0)
     torch.manual_seed(0)
     model = Detector(cfg, 2)
@@ -154,12 +142,10 @@ def test_challenge_acts_in_training_only_and_when_asked():
     x = clips_to_tensor(moving_squares(n=6, t=4, h=16, w=16, size=4)["clip"])
     labels = torch.tensor([0, 1] * 3)
     model.eval(), plain.eval()
-    torch.testing.assert_close(model(x, labels, challenge=True)["class_logits"],
-                               plain(x, labels)["class_logits"])
+    torch.testing.assert_close(model(x, labels)["class_logits"], plain(x, labels)["class_logits"])
     model.train(), plain.train()  # batch norm uses the batch's statistics in both
     torch.manual_seed(1)
-    torch.testing.assert_close(model(x, labels)["class_logits"], plain(x, labels)["class_logits"])
-    logits = model(x, labels, challenge=True)["class_logits"]
+    logits = model(x, labels)["class_logits"]
     assert not torch.allclose(logits, plain(x, labels)["class_logits"])
 
 

@@ -16,7 +16,7 @@ from raylab.data.stream import clip_table, decode_clips
 from raylab.data.targets import group_labels
 from raylab.eval.predict import calibrate_detector, predict_dataset, video_accuracy
 from raylab.eval.stad import evaluate_stad
-from raylab.models.detector import Detector, challenge_active
+from raylab.models.detector import Detector
 from raylab.oracle import reveal_frames
 from raylab.rundir import ensure_dataset
 from raylab.train import train_epoch
@@ -37,9 +37,8 @@ def fit(cfg, root, index, gt, classes, fraction: float):
     torch.manual_seed(0)
     model = Detector(cfg.detector, len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    for epoch in range(EPOCHS):
-        train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0,
-                    challenge=challenge_active(cfg.detector, epoch, EPOCHS))
+    for _ in range(EPOCHS):
+        train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)
     return model, calibrate_detector(model, train, rows, root, cfg.clips.length, size)
 
 

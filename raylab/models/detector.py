@@ -115,13 +115,6 @@ def self_challenge(features: torch.Tensor, head: nn.Linear, labels: torch.Tensor
     return head(torch.where(challenged[:, None], features * keep, features))
 
 
-def challenge_active(cfg: DetectorConfig, epoch: int, epochs: int) -> bool:
-    """Whether epoch `epoch` (0-based) of a cycle of `epochs` trains under self-challenging: from the
-    first epoch at or past `cfg.challenge_start` of the cycle, when `cfg.challenge` is set. A function
-    of the epoch alone, so a worker restarted from a checkpoint keeps the same schedule."""
-    return bool(cfg.challenge) and epoch >= cfg.challenge_start * epochs
-
-
 def _conv_bn(cin: int, cout: int, stride=1, kernel: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
                          nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
@@ -220,16 +213,13 @@ class Detector(nn.Module):
             feats.append(x)
         return [lateral(f) for lateral, f in zip(self.lateral, feats)] + [feats[-1]]
 
-    def decode(self, feats: list[torch.Tensor], condition: torch.Tensor | None = None,
-               challenge: bool = False) -> dict:
+    def decode(self, feats: list[torch.Tensor], condition: torch.Tensor | None = None) -> dict:
         """Dropout, classification and class-conditioned localization from the encoder's features.
 
         Args:
             feats: output of `encode`.
             condition: the class the localization decoder is conditioned on: int [B] labels (-1 = use
                 the predicted class), or float [B, C] one-hot / probabilities; None = predicted class.
-            challenge: classify the labelled clips under self-challenging (training, `cfg.challenge` > 0,
-                int labels only; `challenge_active` says in which epochs).
 
         Returns:
             class_lengths [B, C] capsule lengths (capsule head) or class_logits [B, C] (linear head);
@@ -245,8 +235,7 @@ class Detector(nn.Module):
         else:
             # the max finds a small cue (an object the action comes with) that the mean dilutes
             pooled = torch.cat([deep.mean((2, 3, 4)), deep.amax((2, 3, 4))], 1)
-            if (challenge and self.training and self.cfg.challenge and condition is not None
-                    and condition.dim() == 1):
+            if self.training and self.cfg.challenge and condition is not None and condition.dim() == 1:
                 scores = self_challenge(pooled, self.head, condition.long(), self.cfg.challenge)
             else:
                 scores = self.head(pooled)
@@ -276,10 +265,9 @@ class Detector(nn.Module):
         return torch.where(known, F.one_hot(labels.clamp_min(0), self.num_classes).to(scores.dtype),
                            predicted)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, challenge: bool = False) -> dict:
-        """Full pass; `labels` int [B] condition the localization (training), None = predicted class;
-        `challenge` applies self-challenging in training (`challenge_active`)."""
-        return self.decode(self.encode(x), labels, challenge)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """Full pass; `labels` int [B] condition the localization (training), None = predicted class."""
+        return self.decode(self.encode(x), labels)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
