@@ -1,0 +1,84 @@
+"""How good are the pseudo-labels MGW trains on? Their quality by distance to the nearest labelled frame.
+
+Draws the initial frames of a dataset's training split as a run does (`asl.initial_requests`: a
+fraction of each video's frames, at random), builds every other frame's pseudo-label from them
+(`data.targets.pseudo_label`: boxes interpolated between the two nearest labelled frames, the nearest
+label where either has no actor) and compares it with the ground truth: how often the pseudo-label
+says there is an actor where there is none or the reverse, and the box IoU (ACT's +1 pixel; each true
+box against its best pseudo-label box) on frames where both have an actor. Beside each distance, the
+MGW weight that frame gets (`proximity.mgw_weights`) for each sigma asked for. No training.
+
+    python -m benchmarks.pseudo_labels runs/learning/data/small-seed3/spatiotemporal --sigmas 1.3 2.6
+
+Last line of output: JSON {"fraction", "seed", "by_distance": {"1", ..., "6+": {"frames",
+"actor_presence_wrong", "box_iou_mean", "box_iou_ge_0.5", "mgw_weight": {sigma: weight}}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+
+from raylab.asl import initial_requests
+from raylab.data.annotations import load_dataset
+from raylab.data.targets import group_labels, pseudo_label
+from raylab.eval.boxes import iou2d
+from raylab.oracle import reveal_frames
+from raylab.proximity import mgw_weights
+
+FAR = 6  # distances from here on are pooled
+
+
+def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[float]) -> dict:
+    _, index, gt = load_dataset(root)
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    labelled = group_labels(reveal_frames(gt, initial_requests(train, fraction, seed=seed)))
+    videos = list(zip(train["video_id"], train["num_frames"]))
+    every_frame = pd.DataFrame([(v, f) for v, n in videos for f in range(n)], columns=["video_id", "frame"])
+    truth = group_labels(reveal_frames(gt, every_frame))
+    stats: dict[int, dict] = {}
+    for video_id, n in videos:
+        labels = labelled.get(video_id, {})
+        annotated = np.array(sorted(labels), dtype=np.int64)
+        for frame in np.setdiff1d(np.arange(n), annotated):
+            d = min(int(np.min(np.abs(annotated - frame))), FAR)
+            pseudo = pseudo_label(labels, int(frame), annotated)
+            true = truth.get(video_id, {}).get(int(frame))
+            has_pseudo, has_true = not (pseudo is None or pseudo.empty), not (true is None or true.empty)
+            s = stats.setdefault(d, {"frames": 0, "wrong": 0, "ious": []})
+            s["frames"] += 1
+            if has_pseudo != has_true:
+                s["wrong"] += 1
+            elif has_true:
+                s["ious"] += list(iou2d(true.boxes, pseudo.boxes).max(axis=1))
+    return {"fraction": fraction, "seed": seed, "by_distance": {
+        (f"{d}+" if d == FAR else str(d)): {
+            "frames": s["frames"],
+            "actor_presence_wrong": round(s["wrong"] / s["frames"], 3),
+            "box_iou_mean": round(float(np.mean(s["ious"])), 3) if s["ious"] else None,
+            "box_iou_ge_0.5": round(float(np.mean(np.array(s["ious"]) >= 0.5)), 3) if s["ious"] else None,
+            "mgw_weight": {str(sigma): round(float(mgw_weights(np.array([d]), np.array([0]), sigma)[0]), 3)
+                           for sigma in sigmas},
+        } for d, s in sorted(stats.items())}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", help="a raylab dataset directory (with dataset.json)")
+    p.add_argument("--fraction", type=float, default=0.1,
+                   help="share of each training video's frames labelled")
+    p.add_argument("--seed", type=int, default=0, help="the run seed that draws the initial frames")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[1.3], help="MGW widths to show the weights of")
+    args = p.parse_args()
+    result = pseudo_label_quality(args.dataset, args.fraction, args.seed, args.sigmas)
+    for d, s in result["by_distance"].items():
+        print(f"distance {d:>2}: {s['frames']:5d} frames, presence wrong {s['actor_presence_wrong']:.3f}, "
+              f"box IoU {s['box_iou_mean']}, >= 0.5 {s['box_iou_ge_0.5']}, MGW weight {s['mgw_weight']}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
