@@ -27,7 +27,7 @@ from raylab.data.annotations import load_dataset
 from raylab.data.targets import group_labels, pseudo_label
 from raylab.eval.boxes import iou2d
 from raylab.oracle import reveal_frames
-from raylab.proximity import mgw_weights
+from raylab.proximity import mgw_weights, nearest_annotated_distance
 
 FAR = 6  # distances from here on are pooled
 
@@ -43,12 +43,13 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
     for video_id, n in videos:
         labels = labelled.get(video_id, {})
         annotated = np.array(sorted(labels), dtype=np.int64)
-        for frame in np.setdiff1d(np.arange(n), annotated):
-            d = min(int(np.min(np.abs(annotated - frame))), FAR)
+        frames = np.setdiff1d(np.arange(n), annotated)
+        distances = np.minimum(nearest_annotated_distance(frames, annotated), FAR).astype(int)
+        for frame, d in zip(frames, distances):
             pseudo = pseudo_label(labels, int(frame), annotated)
             true = truth.get(video_id, {}).get(int(frame))
             has_pseudo, has_true = not (pseudo is None or pseudo.empty), not (true is None or true.empty)
-            s = stats.setdefault(d, {"frames": 0, "wrong": 0, "ious": []})
+            s = stats.setdefault(int(d), {"frames": 0, "wrong": 0, "ious": []})
             s["frames"] += 1
             if has_pseudo != has_true:
                 s["wrong"] += 1
