@@ -2,7 +2,9 @@
 
 The end-to-end tests run the smoke pipeline (pipelines/smoke.yaml: tiny SynthActions, 2 cycles) as
 `raylab run` processes, each with its own local Ray, and kill them with SIGKILL (the whole process
-group) during training, during scoring and right after selection.
+group) during training, during scoring and right after selection. What the loop decides without Ray
+(a run extended by more cycles, the human oracle's wait and import) runs `raylab run` in process
+(`ray.in_process`: the same steps, without starting Ray or Ray Train, a fifth of the time).
 """
 
 from __future__ import annotations
@@ -166,6 +168,15 @@ def smoke_run(tmp_path_factory):
     return synth, run, log
 
 
+@pytest.fixture(scope="module")
+def in_process_run(smoke_run, tmp_path_factory):
+    """The smoke run again, uninterrupted, in process (on the dataset of `smoke_run`)."""
+    synth, run = smoke_run[0], tmp_path_factory.mktemp("in-process") / "run"
+    log = run.parent / "log.txt"
+    finish(raylab(*smoke_args(run, synth, "ray.in_process=true"), log=log), log)
+    return synth, run, log
+
+
 def test_smoke_pipeline_runs_every_step_of_two_cycles(smoke_run):
     synth, run, log = smoke_run
     state = read_state(run)
@@ -226,14 +237,14 @@ def test_rerunning_a_finished_run_changes_nothing(smoke_run):
     assert other.returncode == 2 and "loop.lam: 0.5 -> 0.3" in other.stderr
 
 
-def test_a_finished_run_is_extended_by_raising_its_cycles(smoke_run, tmp_path):
+def test_a_finished_run_is_extended_by_raising_its_cycles(in_process_run, tmp_path):
     """Stop criteria may change on resume: loop.cycles=3 continues a finished 2-cycle run with cycle 2."""
     import shutil
 
-    synth, reference, log = smoke_run
+    synth, reference, log = in_process_run
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    finish(raylab(*smoke_args(run, synth, "loop.cycles=3"), log=log), log)
+    finish(raylab(*smoke_args(run, synth, "loop.cycles=3", "ray.in_process=true"), log=log), log)
     state = read_state(run)
     assert state["finished"] and state["stop_reason"] == "3 cycles done" and state["cycle"] == 2
     assert LabelStore(run / "labels").cycles() == [0, 1, 2]
@@ -274,15 +285,15 @@ def test_state_file_is_updated_atomically(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_human_oracle_waits_for_the_import_then_continues(smoke_run, tmp_path):
+def test_human_oracle_waits_for_the_import_then_continues(in_process_run, tmp_path):
     """loop.oracle=human: the run stops after selection, says so on every rerun, and goes on after
     `raylab import` of the annotators' Label Studio export; the labels equal the simulated oracle's."""
     from raylab.rundir import load_run
     from tests.annotators import annotated
 
-    synth, reference, _ = smoke_run
+    synth, reference, _ = in_process_run
     run, log = tmp_path / "run", tmp_path / "log.txt"
-    args = smoke_args(run, synth, "loop.oracle=human")
+    args = smoke_args(run, synth, "loop.oracle=human", "ray.in_process=true")
     finish(raylab(*args, log=log), log)
     assert read_state(run)["step"] == "select" and not read_state(run)["finished"]
     finish(raylab(*args, log=log), log, timeout=120)  # still pending: says so again, changes nothing
