@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -22,24 +23,37 @@ from raylab.rundir import ensure_dataset
 from raylab.train import train_epoch
 
 EPOCHS = 10
+# SynthActions seeds whose tiny training splits (9 videos each, 3 per class) train the detector: with
+# one split's 3 videos per class, the class of unseen videos was named 0.20-0.73 of the time over
+# training seeds 0-5 (mean 0.46); with three, 0.53-0.93 over seeds 0-7 (docs/RESULTS.md, "The tiny
+# learning test")
+TRAIN_SEEDS = (0, 2, 3)
 
 
-def fit(cfg, root, index, gt, classes, fraction: float):
-    """A detector trained on `fraction` of each tiny training video's frames (the initial frames) and
-    the clips of every training video; returns (model, its calibration on the labelled frames)."""
-    train = index[index["split"] == "train"].reset_index(drop=True)
-    rows = reveal_frames(gt, initial_requests(train, fraction, seed=0))
-    grouped = group_labels(rows)
-    labelled = {v: np.array(sorted(frames)) for v, frames in grouped.items()}
-    table = clip_table(training_clips(cfg, train, labelled, cycle=0), index, root, grouped)
+def fit(cfg, sets, num_classes: int, fraction: float, seed: int = 0):
+    """A detector trained on `fraction` of each training video's frames (the initial frames) and the
+    clips of every training video of each (root, index, gt) in `sets`, in one seeded order as a cycle
+    is; returns (model, its calibration on the labelled frames of the first set)."""
+    tables, first_rows = [], None
+    for root, index, gt in sets:
+        train = index[index["split"] == "train"].reset_index(drop=True)
+        rows = reveal_frames(gt, initial_requests(train, fraction, seed=seed))
+        first_rows = rows if first_rows is None else first_rows
+        grouped = group_labels(rows)
+        labelled = {v: np.array(sorted(frames)) for v, frames in grouped.items()}
+        tables.append(clip_table(training_clips(cfg, train, labelled, cycle=0), index, root, grouped))
+    table = pa.concat_tables(tables)
+    table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
     size = (cfg.clips.height, cfg.clips.width)
     batches = [decode_clips(table.slice(i, 8), size, cfg.labels.sigma) for i in range(0, table.num_rows, 8)]
-    torch.manual_seed(0)
-    model = Detector(cfg.detector, len(classes))
+    torch.manual_seed(seed)
+    model = Detector(cfg.detector, num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     for _ in range(EPOCHS):
         train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)
-    return model, calibrate_detector(model, train, rows, root, cfg.clips.length, size)
+    root, index, _ = sets[0]
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    return model, calibrate_detector(model, train, first_rows, root, cfg.clips.length, size)
 
 
 def evaluate(model, calibration, cfg, root, index, gt, classes) -> dict:
@@ -49,34 +63,51 @@ def evaluate(model, calibration, cfg, root, index, gt, classes) -> dict:
     return {**evaluate_stad(doc), "video_accuracy": video_accuracy(doc, test)}
 
 
+def unseen_accuracy(model, cfg, unseen: pd.DataFrame, classes, no_gt: pd.DataFrame) -> tuple[float, int]:
+    """Share of the `unseen` videos (an index with a `root` column) whose class the model names (`no_gt`:
+    an empty ground-truth table; the boxes are not scored)."""
+    hits = []
+    for where, videos in unseen.groupby("root"):
+        videos = videos.drop(columns="root").reset_index(drop=True)
+        doc = predict_dataset(model, videos, no_gt, classes, where, cfg.clips.length,
+                              (cfg.clips.height, cfg.clips.width))
+        hits += [doc["predicted_classes"][v] == c for v, c in zip(videos["video_id"], videos["label"])]
+    return float(np.mean(hits)), len(hits)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.set_num_threads(2)
-    synth = tmp_path_factory.mktemp("learning-synth")
+    return tiny_sets(tmp_path_factory.mktemp("learning-synth"))
+
+
+def tiny_sets(synth):
+    """(cfg, the training sets [(root, index, gt)], classes, the unseen videos: seed 0's test split and
+    the whole set of SynthActions seed 1, an index with a `root` column), generated under `synth`."""
     cfg = load_config("pipelines/smoke.yaml", [f"data.synth_dir={synth}"])
-    root = ensure_dataset(cfg)
-    meta, index, gt = load_dataset(root)
-    # videos the detector never sees: the test split and a whole set of another SynthActions seed
+    sets, classes = [], None
+    for seed in TRAIN_SEEDS:
+        root = ensure_dataset(replace(cfg, data=replace(cfg.data, synth_seed=seed)))
+        meta, index, gt = load_dataset(root)
+        assert classes in (None, meta["classes"])
+        classes = meta["classes"]
+        sets.append((root, index, gt))
     other = ensure_dataset(replace(cfg, data=replace(cfg.data, synth_seed=1)))
-    _, other_index, _ = load_dataset(other)
-    return cfg, root, index, gt, meta["classes"], other, other_index
+    root, index = sets[0][:2]
+    unseen = pd.concat([index[index["split"] == "test"].assign(root=str(root)),
+                        load_dataset(other)[1].assign(root=str(other))])
+    return cfg, sets, classes, unseen
 
 
 @pytest.mark.slow
 def test_classifier_is_far_above_chance_and_more_labels_localise_better(tiny):
-    cfg, root, index, gt, classes, other, other_index = tiny
-    full_model, full_calibration = fit(cfg, root, index, gt, classes, 1.0)
-    unseen = pd.concat([index[index["split"] == "test"].assign(root=str(root)),
-                        other_index.assign(root=str(other))])
-    hits = []
-    for where, videos in unseen.groupby("root"):
-        doc = predict_dataset(full_model, videos.drop(columns="root").reset_index(drop=True), gt.iloc[:0],
-                              classes, where, cfg.clips.length, (cfg.clips.height, cfg.clips.width))
-        hits += [doc["predicted_classes"][v] == c for v, c in zip(videos["video_id"], videos["label"])]
-    accuracy = float(np.mean(hits))
-    assert len(hits) >= 15 and accuracy >= 0.6, (accuracy, len(hits))  # chance: 1 / 3
+    cfg, sets, classes, unseen = tiny
+    root, index, gt = sets[0]
+    full_model, full_calibration = fit(cfg, sets, len(classes), 1.0)
+    accuracy, n = unseen_accuracy(full_model, cfg, unseen, classes, gt.iloc[:0])
+    assert n >= 15 and accuracy >= 0.6, (accuracy, n)  # chance: 1 / 3
     full = evaluate(full_model, full_calibration, cfg, root, index, gt, classes)
-    few = evaluate(*fit(cfg, root, index, gt, classes, 0.01), cfg, root, index, gt, classes)
+    few = evaluate(*fit(cfg, sets, len(classes), 0.01), cfg, root, index, gt, classes)
     assert full["frame_map"]["0.5"] > few["frame_map"]["0.5"] + 0.1, (few, full)
     assert full["frame_map"]["0.5"] > 0.4, full
 
