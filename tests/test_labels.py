@@ -379,7 +379,9 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path):
     log.warning("kill test: %d kills in %.1f s, %d appends; %d landed mid-append (leftover files), "
                 "%d between commit and print", KILLS, time.monotonic() - started, committed, mid_append,
                 after_commit_before_print)
-    assert committed >= KILLS // 4, "the writer made too little progress between kills"
+    # kills come 0-0.15 s after "ready", so how many appends commit depends on the machine's speed: 10 or
+    # more of 40 usually, 8 once on a slow 2-core machine under the full suite; a few prove progress
+    assert committed >= KILLS // 10, "the writer made too little progress between kills"
     # each append's file write is a large share of its time (long masks), so with 40 kills at random
     # moments some land inside it (observed 10-20 of 40); none would mean the test missed its point
     assert mid_append > 0, "no kill landed inside an append's write"
