@@ -25,7 +25,7 @@ from raylab.train import train_epoch
 EPOCHS = 10
 # SynthActions seeds whose tiny training splits (9 videos each, 3 per class) train the detector: with
 # one split's 3 videos per class, the class of unseen videos was named 0.20-0.73 of the time over
-# training seeds 0-5 (mean 0.46); with three, 0.53-0.93 over seeds 0-7 (docs/RESULTS.md, "The tiny
+# training seeds 0-5 (mean 0.46); with three, 0.80-0.93 over seeds 0-3 (docs/RESULTS.md, "The tiny
 # learning test")
 TRAIN_SEEDS = (0, 2, 3)
 
