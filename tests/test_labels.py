@@ -358,7 +358,8 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     started = time.monotonic()
     for _ in range(KILLS):
-        printed = _run_writer(writer, rng.uniform(0.0, 0.15))
+        # up to 0.25 s: on a slow 2-core machine under the full suite, 0.15 s let only 8 of 40 rounds commit
+        printed = _run_writer(writer, rng.uniform(0.0, 0.25))
         if printed:
             assert printed == list(range(committed, printed[-1] + 1))
             committed = printed[-1] + 1
@@ -379,9 +380,7 @@ def test_sigkill_at_random_moments_never_breaks_the_store(tmp_path):
     log.warning("kill test: %d kills in %.1f s, %d appends; %d landed mid-append (leftover files), "
                 "%d between commit and print", KILLS, time.monotonic() - started, committed, mid_append,
                 after_commit_before_print)
-    # kills come 0-0.15 s after "ready", so how many appends commit depends on the machine's speed: 10 or
-    # more of 40 usually, 8 once on a slow 2-core machine under the full suite; a few prove progress
-    assert committed >= KILLS // 10, "the writer made too little progress between kills"
+    assert committed >= KILLS // 4, "the writer made too little progress between kills"
     # each append's file write is a large share of its time (long masks), so with 40 kills at random
     # moments some land inside it (observed 10-20 of 40); none would mean the test missed its point
     assert mid_append > 0, "no kill landed inside an append's write"
