@@ -34,11 +34,11 @@ def fit(cfg, sets, num_classes: int, fraction: float, seed: int = 0):
     """A detector trained on `fraction` of each training video's frames (the initial frames) and the
     clips of every training video of each (root, index, gt) in `sets`, in one seeded order as a cycle
     is; returns (model, its calibration on the labelled frames of the first set)."""
-    tables, first_rows = [], None
+    tables, calibration_frames = [], []
     for root, index, gt in sets:
         train = index[index["split"] == "train"].reset_index(drop=True)
         rows = reveal_frames(gt, initial_requests(train, fraction, seed=seed))
-        first_rows = rows if first_rows is None else first_rows
+        calibration_frames = calibration_frames or [train, rows, root]
         grouped = group_labels(rows)
         labelled = {v: np.array(sorted(frames)) for v, frames in grouped.items()}
         tables.append(clip_table(training_clips(cfg, train, labelled, cycle=0), index, root, grouped))
@@ -51,9 +51,7 @@ def fit(cfg, sets, num_classes: int, fraction: float, seed: int = 0):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     for _ in range(EPOCHS):
         train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)
-    root, index, _ = sets[0]
-    train = index[index["split"] == "train"].reset_index(drop=True)
-    return model, calibrate_detector(model, train, first_rows, root, cfg.clips.length, size)
+    return model, calibrate_detector(model, *calibration_frames, cfg.clips.length, size)
 
 
 def evaluate(model, calibration, cfg, root, index, gt, classes) -> dict:
