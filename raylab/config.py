@@ -104,6 +104,8 @@ class DetectorConfig:
     challenge: float = 0.0  # representation self-challenging (RSC, Huang et al. 2020), training only, linear
     #                         head: a third of each batch's labelled clips are classified with this share of
     #                         their pooled features muted, those adding most to the true class (0 = off)
+    frame_diff: bool = False  # the encoder also sees each frame minus the previous one (RGB difference,
+    #                          TSN, Wang et al. 2016): 6 input channels; motion is given, not left to be found
     weights: str = ""  # local path of a state_dict to load (strict); "" = random initialisation
 
     def __post_init__(self):

@@ -15,6 +15,7 @@ from raylab.models.detector import (
     DetectorConfig,
     batch_tensors,
     clips_to_tensor,
+    frame_differences,
     random_crop,
     self_challenge,
     squash,
@@ -147,6 +148,17 @@ def test_challenge_acts_in_training_only():
     torch.manual_seed(1)
     logits = model(x, labels)["class_logits"]
     assert not torch.allclose(logits, plain(x, labels)["class_logits"])
+
+
+def test_frame_differences_cancel_the_static_scene_and_feed_a_six_channel_encoder():
+    x = clips_to_tensor(moving_squares(n=2, t=4, h=16, w=16, size=4)["clip"])  # [2, 3, 4, 16, 16]
+    diff = frame_differences(x)
+    assert diff.shape == x.shape and torch.all(diff[:, :, 0] == 0)
+    torch.testing.assert_close(diff[:, :, 2], x[:, :, 2] - x[:, :, 1])
+    assert torch.all(frame_differences(x[:, :, :1].expand_as(x)) == 0)  # a still clip: nothing moved
+    model = Detector(DetectorConfig(widths=(8, 16), temporal_strides=(1, 2), frame_diff=True), 2)
+    assert model.stages[0][0][0].in_channels == 6
+    assert model(x)["fg_logits"].shape == (2, 4, 16, 16)
 
 
 def test_squash_is_finite_at_zero():

@@ -1,7 +1,8 @@
 """ASL's action detector: a simplified VideoCapsuleNet (ASL §3.3) sized for the hardware it runs on.
 
-    clip [B, 3, T, H, W] --encode--> the deepest stage's features + a lateral projection of each
-                                     shallower stage (deterministic in eval)
+    clip [B, 3, T, H, W] (+ its frame differences with detector.frame_diff: 6 channels)
+         --encode--> the deepest stage's features + a lateral projection of each
+                     shallower stage (deterministic in eval)
     features --decode--> dropout on the deepest features
                          -> classification head (capsules with 2D routing, or linear)
                          -> class-conditioned top-down path (reduce, upsample, add the lateral)
@@ -60,6 +61,12 @@ def batch_tensors(batch: dict, device=None) -> dict[str, torch.Tensor]:
         "fg": torch.as_tensor(np.asarray(batch["fg"]), device=device).float(),
         "weight": torch.as_tensor(np.asarray(batch["weight"], dtype=np.float32), device=device),
     }
+
+
+def frame_differences(x: torch.Tensor) -> torch.Tensor:
+    """Clips [B, C, T, H, W] -> each frame minus the one before it (RGB difference, TSN), the first
+    frame's difference 0: what moved, with the static scene cancelled."""
+    return x - torch.cat([x[:, :, :1], x[:, :, :-1]], 2)
 
 
 def random_flip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -175,7 +182,7 @@ class Detector(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.cfg, self.num_classes = cfg, num_classes
         widths, ts = cfg.widths, cfg.temporal_strides
-        stages, cin = [], 3
+        stages, cin = [], 6 if cfg.frame_diff else 3
         for w, t in zip(widths, ts):
             layers = [_conv_bn(cin, w, (t, 2, 2))] + [_Residual(w) for _ in range(cfg.depth - 1)]
             stages.append(nn.Sequential(*layers))
@@ -207,6 +214,8 @@ class Detector(nn.Module):
         if t % t_stride or h % s_stride or w % s_stride:
             raise ValueError(f"clip size T×H×W = {t}×{h}×{w}: T must be a multiple of {t_stride} and "
                              f"H, W of {s_stride} for this detector (preset {self.cfg.preset!r})")
+        if self.cfg.frame_diff:
+            x = torch.cat([x, frame_differences(x)], 1)
         feats = []
         for stage in self.stages:
             x = stage(x)
@@ -291,7 +300,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         raise ValueError(
-            f"{path}: weights do not match this detector (check detector.preset / widths / head and the "
-            f"number of classes): missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
-            f"({len(unexpected)}), shape mismatches {shapes[:5]} ({len(shapes)})")
+            f"{path}: weights do not match this detector (check detector.preset / widths / head / "
+            f"frame_diff and the number of classes): missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)}), shape mismatches {shapes[:5]} ({len(shapes)})")
     model.load_state_dict(state, strict=True)
