@@ -23,8 +23,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"{args.out} is a file: OUT must be a new or existing folder")
 
-    summary = generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers,
-                       overwrite=args.overwrite)
+    try:
+        summary = generate(args.out, preset=args.preset, seed=args.seed, workers=args.workers,
+                           overwrite=args.overwrite, videos=args.videos)
+    except ValueError as e:  # too few --videos for the preset's classes
+        raise UsageError(f"--videos: {e}") from None
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--workers", type=COUNT, default=1, help="processes writing videos in parallel")
+    p.add_argument("--videos", type=NON_NEGATIVE, default=0,
+                   help="videos of each set, in place of the preset's number (0: the preset's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     p.set_defaults(func=_cmd_synth)
 

@@ -28,12 +28,16 @@ class DataConfig:
     synth_preset: str = "small"  # SynthActions preset used when root is "": tiny | small | medium
     synth_seed: int = 0  # seed of the generated SynthActions set
     synth_dir: str = "data/synthactions"  # where a generated SynthActions set is written
+    synth_videos: int = 0  # videos of the generated set (0 = the preset's: st_videos / temporal_videos)
 
     def __post_init__(self):
         if self.synth_preset not in ("tiny", "small", "medium"):
             raise ConfigError(f"data.synth_preset must be tiny, small or medium, got {self.synth_preset!r}")
         if self.synth_seed < 0:
             raise ConfigError(f"data.synth_seed must be >= 0, got {self.synth_seed}")
+        if self.synth_videos < 0:
+            raise ConfigError(f"data.synth_videos must be >= 0 (0 = the preset's number), "
+                              f"got {self.synth_videos}")
         if not self.synth_dir:
             raise ConfigError("data.synth_dir must name a folder (where SynthActions is generated)")
 

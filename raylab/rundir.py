@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raylab.config import PATH_KEYS, Config, absolute_paths, load_config
+from raylab.config import PATH_KEYS, Config, ConfigError, absolute_paths, load_config
 
 STEPS = ("train", "evaluate", "score", "select", "annotate")  # the steps of a cycle, in order
 STATE_FILE = "state.json"
@@ -207,7 +207,8 @@ def dataset_root(cfg: Config) -> Path:
     if cfg.data.root:
         return Path(cfg.data.root)
     kind = "temporal" if cfg.method == "alstal" else "spatiotemporal"
-    return Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}" / kind
+    videos = f"-videos{cfg.data.synth_videos}" if cfg.data.synth_videos else ""
+    return Path(cfg.data.synth_dir) / f"{cfg.data.synth_preset}-seed{cfg.data.synth_seed}{videos}" / kind
 
 
 def ensure_dataset(cfg: Config) -> Path:
@@ -216,8 +217,11 @@ def ensure_dataset(cfg: Config) -> Path:
     if not cfg.data.root and not (root / "dataset.json").is_file():
         from raylab.data.synthetic import generate
 
-        generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
-                 overwrite=True)  # a half-written set from an interrupted generation is replaced
+        try:  # overwrite: a half-written set from an interrupted generation is replaced
+            generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
+                     overwrite=True, videos=cfg.data.synth_videos)
+        except ValueError as e:  # too few videos for the preset's classes
+            raise ConfigError(f"data.synth_videos: {e}") from None
     return root
 
 

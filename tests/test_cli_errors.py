@@ -46,6 +46,7 @@ BAD_INPUT = [
     (["synth", "afile"], "afile is a file"),
     (["synth", "s", "--seed", "-1"], "--seed: must be >= 0, got -1"),
     (["synth", "s", "--workers", "0"], "--workers: must be >= 1"),
+    (["synth", "s", "--videos", "4"], "--videos: videos=4: a spatiotemporal set needs at least 12"),
     (["convert", "--from", "jhmdb", "nosrc", "out"], "no annotation file"),
     (["convert", "--from", "ucf101-24", "evil.pkl", "out", "--videos", "."], "calls bytes() on a int"),
     (["demo", "bad.yaml"], "unknown key(s) lenght"),

@@ -30,6 +30,7 @@ def test_yaml_overrides_and_set(tmp_path):
         ("labels:\n  loss_weighting: maybe\n", "loss_weighting"),
         ("train:\n  lr_schedule: step\n", "train.lr_schedule must be one of constant, cosine"),
         ("train:\n  crop_scale: 0\n", "train.crop_scale must be in \\(0, 1\\]"),
+        ("data:\n  synth_videos: -1\n", "data.synth_videos must be >= 0"),
         ("clips: 3\n", "expected a mapping"),
     ],
 )

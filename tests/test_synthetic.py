@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import json
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from raylab.config import load_config
 from raylab.data import schema
 from raylab.data.rle import rle_decode, rle_to_box
 from raylab.data.synth_motion import MOTIONS, motion_offsets, place
 from raylab.data.synthetic import PRESETS, SynthPreset, generate
 from raylab.data.video import probe_video, read_frames
+from raylab.rundir import dataset_root
 
 TINY = PRESETS["tiny"]
 
@@ -208,6 +211,21 @@ def test_refuses_to_overwrite_and_rejects_bad_arguments(tiny):
         generate(root / "x", "huge")
     with pytest.raises(ValueError, match="width"):
         dataclasses.replace(TINY, st_size=(48, 48))
+    with pytest.raises(ValueError, match="videos=5: a spatiotemporal set needs at least 6"):
+        generate(root / "few", "tiny", kinds=("spatiotemporal",), videos=5)
+    assert not (root / "few").exists()
+
+
+def test_videos_overrides_the_presets_number_and_keeps_classes_balanced(tmp_path):
+    summary = generate(tmp_path, "tiny", kinds=("spatiotemporal",), videos=9)
+    index, _ = _tables(tmp_path, "spatiotemporal")
+    assert summary["spatiotemporal"]["videos"] == len(index) == 9
+    assert index.groupby("label").size().tolist() == [3, 3, 3]
+    assert index.groupby("label").split.nunique().tolist() == [2, 2, 2]  # train and test in every class
+    assert "videos=9" in json.loads((tmp_path / "spatiotemporal" / "dataset.json").read_text())["source"]
+    # a run's generated set (data.synth_videos) lives apart from the preset's own
+    cfg = load_config(None, ["data.synth_preset=tiny", "data.synth_videos=9", f"data.synth_dir={tmp_path}"])
+    assert dataset_root(cfg) == tmp_path / "tiny-seed0-videos9" / "spatiotemporal"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -17,7 +17,7 @@ import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -348,10 +348,22 @@ def _prepare(root: Path, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
-def _generate_kind(root: Path, kind: str, preset_name: str, seed: int, workers: int, overwrite: bool) -> dict:
+def with_videos(preset: SynthPreset, kind: str, videos: int) -> SynthPreset:
+    """`preset` with `videos` videos in its set of `kind` (0: the preset's own number)."""
+    if not videos:
+        return preset
+    least = 2 * preset.num_classes if kind == "spatiotemporal" else 2  # a train and a test video (per class)
+    if videos < least:
+        raise ValueError(f"videos={videos}: a {kind} set needs at least {least} (a training and a test "
+                         f"video{' per class' if kind == 'spatiotemporal' else ''})")
+    return replace(preset, **{"st_videos" if kind == "spatiotemporal" else "temporal_videos": videos})
+
+
+def _generate_kind(root: Path, kind: str, preset_name: str, seed: int, workers: int, overwrite: bool,
+                   videos: int) -> dict:
     """Write one dataset directory; returns its summary."""
     start = time.perf_counter()
-    preset = PRESETS[preset_name]
+    preset = with_videos(PRESETS[preset_name], kind, videos)
     _prepare(root, overwrite)
     specs = plan_videos(kind, preset, seed)
     results = _map(partial(_make_video, root=str(root), preset=preset, seed=seed), specs, workers)
@@ -365,6 +377,7 @@ def _generate_kind(root: Path, kind: str, preset_name: str, seed: int, workers: 
         _write_table(gt_rows, schema.GT_SEGMENTS_SCHEMA, root / schema.GT_SEGMENTS_FILE)
     # dataset.json last: its presence says the directory is complete
     source = f"raylab.data.synthetic preset={preset_name} seed={seed}"
+    source += f" videos={videos}" if videos else ""
     schema.write_meta(root, f"synthactions-{preset_name}-{kind}", kind, class_names(preset), source)
     summary = {
         "videos": len(index_rows),
@@ -386,6 +399,7 @@ def generate(
     kinds: tuple[str, ...] = schema.KINDS,
     workers: int = 1,
     overwrite: bool = False,
+    videos: int = 0,
 ) -> dict:
     """Generate SynthActions datasets under `out` (one directory per kind).
 
@@ -396,6 +410,8 @@ def generate(
         kinds: which sets to make.
         workers: processes rendering videos in parallel (the output does not depend on it).
         overwrite: replace a non-empty kind directory instead of refusing.
+        videos: videos of each set made, in place of the preset's `st_videos` / `temporal_videos`
+            (0: the preset's); the same seed with another number gives another set.
 
     Returns:
         {"preset", "seed", "out", <kind>: {"videos", "frames", "classes", "train", "test", "gt_rows",
@@ -409,5 +425,5 @@ def generate(
     out = Path(out)
     summary: dict = {"preset": preset, "seed": seed, "out": str(out)}
     for kind in kinds:
-        summary[kind] = _generate_kind(out / kind, kind, preset, seed, workers, overwrite)
+        summary[kind] = _generate_kind(out / kind, kind, preset, seed, workers, overwrite, videos)
     return summary
