@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from benchmarks.synth import VIDEOS_HELP, synth_videos
 from raylab.data.annotations import load_dataset
 from raylab.data.clips import tile_clips
 from raylab.data.stream import clip_dataset, clip_table, init_ray
@@ -72,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="a dataset directory (default: generate SynthActions)")
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--videos", type=int, default=None, help=VIDEOS_HELP)
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--clip-len", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
@@ -84,7 +86,9 @@ def main() -> None:
     tmp = None
     if args.root is None:
         tmp = tempfile.TemporaryDirectory()
-        generate(tmp.name, preset=args.preset, seed=0)
+        generate(tmp.name, preset=args.preset, seed=0, kinds=("spatiotemporal",),
+                 videos=synth_videos(args.preset, args.videos))
+        generate(tmp.name, preset=args.preset, seed=0, kinds=("temporal",))  # its longest video
         args.root = str(Path(tmp.name) / "spatiotemporal")
     long_root = Path(args.root).parent / "temporal"
     long_index = load_dataset(long_root)[1] if long_root.is_dir() else None

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.synth import DEMO_PIPELINE, VIDEOS_HELP, synth_overrides
+
 MODEL_MODULES = ("raylab.models.detector", "raylab.models.localizer", "raylab.models.mc", "raylab.losses",
                  "raylab.train", "raylab.acquisition.frame")
 
@@ -39,7 +41,7 @@ MODEL_MODULES = ("raylab.models.detector", "raylab.models.localizer", "raylab.mo
 # ---- prepare (here) -------------------------------------------------------------------------------------
 
 
-def prepare(out: Path, preset: str, clips: int, size: int, synth_dir: Path) -> dict:
+def prepare(out: Path, preset: str, videos: int | None, clips: int, size: int, synth_dir: Path) -> dict:
     """Decode `clips` training clips (around labelled frames, with targets) into out/clips.npz."""
     import yaml
 
@@ -49,8 +51,8 @@ def prepare(out: Path, preset: str, clips: int, size: int, synth_dir: Path) -> d
     from raylab.data.targets import group_labels
     from raylab.loop import open_run
 
-    cfg = load_config("pipelines/asl_synth.yaml", [
-        f"data.synth_preset={preset}", f"data.synth_dir={synth_dir}", "labels.init_fraction=0.1",
+    cfg = load_config(DEMO_PIPELINE, [
+        *synth_overrides(preset, videos, str(synth_dir)), "labels.init_fraction=0.1",
         f"clips.height={size}", f"clips.width={size}"])
     with tempfile.TemporaryDirectory() as run:
         data, store = open_run(cfg, Path(run))
@@ -246,6 +248,7 @@ def main() -> None:
     p = sub.add_parser("prepare")
     p.add_argument("--out", type=Path, default=Path(".gpu_check"))
     p.add_argument("--preset", default="small", help="SynthActions preset the clips come from")
+    p.add_argument("--videos", type=int, default=None, help=VIDEOS_HELP)
     p.add_argument("--clips", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--synth-dir", type=Path, default=Path("data/synthactions"), help="where SynthActions is")
@@ -264,7 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     if args.cmd == "prepare":
-        out = prepare(args.out, args.preset, args.clips, args.size, args.synth_dir.resolve())
+        out = prepare(args.out, args.preset, args.videos, args.clips, args.size, args.synth_dir.resolve())
     else:
         out = run(args)
     out["wall_s"] = round(time.perf_counter() - start, 1)

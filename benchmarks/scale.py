@@ -45,6 +45,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.synth import DEMO_PIPELINE, VIDEOS_HELP, synth_overrides
+
 
 def _busy_ticks() -> int:
     """CPU time of the whole machine so far (clock ticks: user, nice, system, irq, softirq, steal)."""
@@ -172,6 +174,7 @@ def probe_threads(num_cpus: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--videos", type=int, default=None, help=VIDEOS_HELP)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--repeats", type=int, default=3, help="scoring runs of each config (median kept)")
     parser.add_argument("--train-repeats", type=int, default=2, help="training runs of each config")
@@ -215,9 +218,9 @@ def main() -> None:
     scoring: dict[int, list[dict]] = {n: [] for n in actors}
     training: dict[int, list[dict]] = {n: [] for n in workers}
     with tempfile.TemporaryDirectory() as tmp:
-        synth = [f"data.synth_preset={args.preset}", f"data.synth_dir={tmp}/synth"]
+        synth = synth_overrides(args.preset, args.videos, f"{tmp}/synth")
         # scoring: a fresh model scores (almost) every training frame
-        base = load_config("pipelines/asl_synth.yaml", [
+        base = load_config(DEMO_PIPELINE, [
             *synth, "labels.init_fraction=0.0001", f"score.trials={args.trials}",
             f"ray.decode_num_cpus={args.decode_cpus}", "clips.clips_per_task=16"])
         data, labels = open_run(base, Path(tmp) / "score_run")
@@ -241,7 +244,7 @@ def main() -> None:
                       f"first batch after {out['first_batch_s']:.1f} s, end to end "
                       f"{out['end_to_end_s']:.1f} s, other load {out['other_load']:.2f}", flush=True)
 
-        tbase = load_config("pipelines/asl_synth.yaml", [
+        tbase = load_config(DEMO_PIPELINE, [
             *synth, f"labels.init_fraction={args.fraction}", f"train.epochs={args.epochs}"])
         for r in range(args.train_repeats):
             for n in workers:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.synth import DEMO_PIPELINE, VIDEOS_HELP, synth_overrides
 from raylab.config import load_config
 from raylab.data.clips import tile_clips
 from raylab.data.stream import clip_table, decode_clips, init_ray, tile_dataset, tiling_videos
@@ -79,13 +80,14 @@ def pool(videos: dict, clips: int, checkpoint: Path, cfg, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--videos", type=int, default=None, help=VIDEOS_HELP)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--clips", type=int, default=320, help="clips scored by each side")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("pipelines/asl_synth.yaml", [
-            f"data.synth_preset={args.preset}", f"data.synth_dir={tmp}/synth", "labels.init_fraction=0.0001",
+        cfg = load_config(DEMO_PIPELINE, [
+            *synth_overrides(args.preset, args.videos, f"{tmp}/synth"), "labels.init_fraction=0.0001",
             f"score.trials={args.trials}", "score.actors=2", "score.cpus_per_actor=0.75",
             "ray.decode_num_cpus=0.5", "clips.clips_per_task=16"])
         data, store = open_run(cfg, Path(tmp) / "run")

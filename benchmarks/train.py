@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks.synth import DEMO_PIPELINE, VIDEOS_HELP, synth_overrides
 from raylab.asl import training_dataset
 from raylab.config import load_config
 from raylab.data.stream import init_ray
@@ -39,6 +40,7 @@ def clips_per_s(cfg, run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--videos", type=int, default=None, help=VIDEOS_HELP)
     parser.add_argument("--fraction", type=float, default=0.1, help="labelled fraction of training frames")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -50,8 +52,8 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        base = load_config("pipelines/asl_synth.yaml", [
-            f"data.synth_preset={args.preset}", f"data.synth_dir={tmp}/synth",
+        base = load_config(DEMO_PIPELINE, [
+            *synth_overrides(args.preset, args.videos, f"{tmp}/synth"),
             f"labels.init_fraction={args.fraction}", f"train.epochs={args.epochs}"])
         for n in args.workers:
             # CPU: the workers share num_cpus - 1 CPUs and one is left to the clip stream's decode tasks

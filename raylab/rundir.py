@@ -212,16 +212,36 @@ def dataset_root(cfg: Config) -> Path:
 
 
 def ensure_dataset(cfg: Config) -> Path:
-    """`dataset_root(cfg)`, generating SynthActions there first when data.root is "" and it is missing."""
-    root = dataset_root(cfg)
-    if not cfg.data.root and not (root / "dataset.json").is_file():
-        from raylab.data.synthetic import generate
+    """`dataset_root(cfg)`, generating SynthActions there first when data.root is "" and it is missing.
 
-        try:  # overwrite: a half-written set from an interrupted generation is replaced
-            generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
-                     overwrite=True, videos=cfg.data.synth_videos)
-        except ValueError as e:  # too few videos for the preset's classes
-            raise ConfigError(f"data.synth_videos: {e}") from None
+    A SynthActions set already there must have the number of videos the config asks for: a set made by
+    an earlier raylab whose preset had another size (small: 72 videos until 2026-12-03) is refused with
+    what to do, never used in its place nor overwritten."""
+    root = dataset_root(cfg)
+    if cfg.data.root:
+        return root
+    import pyarrow.parquet as pq
+
+    from raylab.data.schema import INDEX_FILE
+    from raylab.data.synthetic import PRESETS, generate, with_videos
+
+    try:
+        preset = with_videos(PRESETS[cfg.data.synth_preset], root.name, cfg.data.synth_videos)
+    except ValueError as e:  # too few videos for the preset's classes
+        raise ConfigError(f"data.synth_videos: {e}") from None
+    if not (root / "dataset.json").is_file():
+        # overwrite: a half-written set from an interrupted generation is replaced
+        generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
+                 overwrite=True, videos=cfg.data.synth_videos)
+        return root
+    expected = preset.st_videos if root.name == "spatiotemporal" else preset.temporal_videos
+    found = pq.read_metadata(root / INDEX_FILE).num_rows
+    if found != expected:
+        raise ConfigError(
+            f"{root} holds a SynthActions set of {found} videos, made by an earlier raylab; preset "
+            f"{cfg.data.synth_preset!r} makes {expected} now. To go on with the {found}-video set and the "
+            f"runs made on it, set data.synth_videos={found} (in a run's config.yaml for that run): the "
+            f"same set is generated beside it. Or move {root.parent} away to generate the new one")
     return root
 
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from raylab.config import load_config
+from raylab.config import ConfigError, load_config
 from raylab.data import schema
 from raylab.data.rle import rle_decode, rle_to_box
 from raylab.data.synth_motion import MOTIONS, motion_offsets, place
 from raylab.data.synthetic import PRESETS, SynthPreset, generate
 from raylab.data.video import probe_video, read_frames
-from raylab.rundir import dataset_root
+from raylab.rundir import dataset_root, ensure_dataset
 
 TINY = PRESETS["tiny"]
 
@@ -216,16 +216,24 @@ def test_refuses_to_overwrite_and_rejects_bad_arguments(tiny):
     assert not (root / "few").exists()
 
 
-def test_videos_overrides_the_presets_number_and_keeps_classes_balanced(tmp_path):
-    summary = generate(tmp_path, "tiny", kinds=("spatiotemporal",), videos=9)
-    index, _ = _tables(tmp_path, "spatiotemporal")
+def test_videos_overrides_the_presets_number_and_a_set_of_another_size_is_refused(tmp_path):
+    out = tmp_path / "tiny-seed0"  # where a run with the tiny preset looks for its set
+    summary = generate(out, "tiny", kinds=("spatiotemporal",), videos=9)
+    index, _ = _tables(out, "spatiotemporal")
     assert summary["spatiotemporal"]["videos"] == len(index) == 9
     assert index.groupby("label").size().tolist() == [3, 3, 3]
     assert index.groupby("label").split.nunique().tolist() == [2, 2, 2]  # train and test in every class
-    assert "videos=9" in json.loads((tmp_path / "spatiotemporal" / "dataset.json").read_text())["source"]
+    assert "videos=9" in json.loads((out / "spatiotemporal" / "dataset.json").read_text())["source"]
     # a run's generated set (data.synth_videos) lives apart from the preset's own
     cfg = load_config(None, ["data.synth_preset=tiny", "data.synth_videos=9", f"data.synth_dir={tmp_path}"])
     assert dataset_root(cfg) == tmp_path / "tiny-seed0-videos9" / "spatiotemporal"
+    # the preset's own place holding a set of another size (as one made when the preset was smaller):
+    # refused with what to do, and left as it was
+    before = sorted(p.name for p in (out / "spatiotemporal" / "videos").iterdir())
+    refused = "holds a SynthActions set of 9 videos.*makes 12 now.*synth_videos=9"
+    with pytest.raises(ConfigError, match=refused):
+        ensure_dataset(load_config(None, ["data.synth_preset=tiny", f"data.synth_dir={tmp_path}"]))
+    assert sorted(p.name for p in (out / "spatiotemporal" / "videos").iterdir()) == before
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -121,10 +121,11 @@ PRESETS: dict[str, SynthPreset] = {
         actor_size=(0.3, 0.4), speed=(0.8, 1.2), noise=0.02, occluder_prob=0.25, distractors=(0, 1),
         prop_prob=1.0, burst_prob=0.5,
     ),
-    # learnable on 2 CPU cores in minutes
+    # learnable on 2 CPU cores in minutes; 17 training videos per class (with 8, until 2026-12-03, the
+    # detector misnamed 17-19% of the test videos of the hard draws at 100% labels: docs/RESULTS.md)
     "small": SynthPreset(
         num_classes=6, fps=25.0,
-        st_videos=72, st_frames=(40, 48), st_size=(96, 96), action_fraction=(0.4, 0.8),
+        st_videos=144, st_frames=(40, 48), st_size=(96, 96), action_fraction=(0.4, 0.8),
         actors=(1, 1), actor_outside="absent",
         temporal_videos=40, temporal_frames=(300, 600), temporal_size=(64, 64),
         instances=(4, 8), instance_frames=(20, 60), min_gap=10,
