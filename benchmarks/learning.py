@@ -8,7 +8,7 @@ threshold on the labelled training frames, evaluate on the test split — runs w
 same steps as `raylab run`, without starting Ray: the numbers do not depend on it). Reports f-mAP@0.5,
 v-mAP@0.5, video accuracy and training seconds per run, and the mean and spread per fraction.
 
-    python -m benchmarks.learning                                  # the grid (about an hour)
+    python -m benchmarks.learning                                  # the grid (1-2 hours on 2 cores)
     python -m benchmarks.learning --fractions 0.01 --seeds 0 --synth-seeds 0          # one run
 
 Last line of output: JSON {"runs": [{"synth_seed", "fraction", "seed", "frame_map@0.5",
