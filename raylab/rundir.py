@@ -223,7 +223,7 @@ def ensure_dataset(cfg: Config) -> Path:
     import pyarrow.parquet as pq
 
     from raylab.data.schema import INDEX_FILE
-    from raylab.data.synthetic import PRESETS, generate, with_videos
+    from raylab.data.synthetic import PRESETS, generate, num_videos, with_videos
 
     try:
         preset = with_videos(PRESETS[cfg.data.synth_preset], root.name, cfg.data.synth_videos)
@@ -234,7 +234,7 @@ def ensure_dataset(cfg: Config) -> Path:
         generate(root.parent, preset=cfg.data.synth_preset, seed=cfg.data.synth_seed, kinds=(root.name,),
                  overwrite=True, videos=cfg.data.synth_videos)
         return root
-    expected = preset.st_videos if root.name == "spatiotemporal" else preset.temporal_videos
+    expected = num_videos(preset, root.name)
     found = pq.read_metadata(root / INDEX_FILE).num_rows
     if found != expected:
         raise ConfigError(

@@ -183,15 +183,14 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
 def plan_videos(kind: str, preset: SynthPreset, seed: int) -> list[VideoSpec]:
     """Names, classes and splits of every video of one set."""
     rng = _rng(seed, _KIND_CODE[kind])
+    n = num_videos(preset, kind)
     if kind == "spatiotemporal":
-        n = preset.st_videos
         labels = rng.permutation(np.arange(n) % preset.num_classes)  # balanced classes
         splits = _stratified_split(labels, preset.train_fraction, rng)
         names = class_names(preset)
         return [
             VideoSpec(kind, i, f"videos/{names[c]}_{i:04d}", int(c), splits[i]) for i, c in enumerate(labels)
         ]
-    n = preset.temporal_videos
     n_train = int(np.clip(round(preset.train_fraction * n), 1, max(n - 1, 1)))
     is_train = np.zeros(n, dtype=bool)
     is_train[rng.permutation(n)[:n_train]] = True
@@ -349,6 +348,14 @@ def _prepare(root: Path, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
+_VIDEOS_FIELD = {"spatiotemporal": "st_videos", "temporal": "temporal_videos"}  # a set's size, by kind
+
+
+def num_videos(preset: SynthPreset, kind: str) -> int:
+    """The number of videos of `preset`'s set of `kind`."""
+    return getattr(preset, _VIDEOS_FIELD[kind])
+
+
 def with_videos(preset: SynthPreset, kind: str, videos: int) -> SynthPreset:
     """`preset` with `videos` videos in its set of `kind` (0: the preset's own number)."""
     if not videos:
@@ -357,7 +364,7 @@ def with_videos(preset: SynthPreset, kind: str, videos: int) -> SynthPreset:
     if videos < least:
         raise ValueError(f"videos={videos}: a {kind} set needs at least {least} (a training and a test "
                          f"video{' per class' if kind == 'spatiotemporal' else ''})")
-    return replace(preset, **{"st_videos" if kind == "spatiotemporal" else "temporal_videos": videos})
+    return replace(preset, **{_VIDEOS_FIELD[kind]: videos})
 
 
 def _generate_kind(root: Path, kind: str, preset_name: str, seed: int, workers: int, overwrite: bool,
