@@ -70,6 +70,9 @@ class ClipConfig:
 class LabelConfig:
     sigma: float = 1.3  # MGW / APU Gaussian width in frames (ASL Eq.2 and Eq.4)
     loss_weighting: str = "mgw"  # mgw | masking (sigma -> 0) | interpolation (sigma -> inf)
+    changed_gaps: str = "skip"  # skip | nearest: frames between two annotated frames that show different
+    #                             actors get loss weight 0 | their nearest annotation's label, MGW-weighted
+    #                             (data/targets.py; docs/RESULTS.md step 18)
     init_fraction: float = 0.01  # fraction of each training video's frames (at least one) labelled at random
     #                              before the first cycle (ASL Sec. 4)
 
@@ -80,6 +83,8 @@ class LabelConfig:
             raise ConfigError(
                 f"labels.loss_weighting must be mgw, masking or interpolation, got {self.loss_weighting!r}"
             )
+        if self.changed_gaps not in ("nearest", "skip"):
+            raise ConfigError(f"labels.changed_gaps must be nearest or skip, got {self.changed_gaps!r}")
         if not 0 < self.init_fraction <= 1:
             raise ConfigError(f"labels.init_fraction must be in (0, 1], got {self.init_fraction}")
 

@@ -126,7 +126,7 @@ def test_each_loss_weighting_trains(tmp_path_factory, weighting):
     labelled = {v: np.array(sorted(frames)) for v, frames in grouped.items()}
     table = clip_table(training_clips(cfg, train, labelled, cycle=0), index, root, grouped)
     size = (cfg.clips.height, cfg.clips.width)
-    batches = [decode_clips(table.slice(i, 8), size, cfg.labels.sigma, weighting)
+    batches = [decode_clips(table.slice(i, 8), size, cfg.labels.sigma, weighting, "nearest")  # Eq. 4 alone
                for i in range(0, table.num_rows, 8)]
     weights = np.concatenate([b["weight"].ravel() for b in batches])
     if weighting == "masking":

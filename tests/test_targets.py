@@ -7,6 +7,7 @@ from raylab.data.targets import (
     clip_targets,
     frame_label,
     group_labels,
+    in_changed_gap,
     labels_near,
     pseudo_label,
     render_foreground,
@@ -106,16 +107,48 @@ def test_rle_round_trip_and_box():
 
 def test_clip_targets_combine_labels_pseudo_labels_and_weights():
     labels = {3: box_label(0, 0, 2, 2), 5: EMPTY}
-    t = clip_targets(labels, np.array([2, 3, 4, 5, 6]), (4, 4), (4, 4), sigma=1.0)
+    t = clip_targets(labels, np.array([2, 3, 4, 5, 6]), (4, 4), (4, 4), sigma=1.0, changed_gaps="nearest")
     assert t["annotated"].tolist() == [False, True, False, True, False]
     assert t["fg"].sum(axis=(1, 2)).tolist() == [4, 4, 4, 0, 0]
     assert np.allclose(t["weight"], np.exp(-np.array([1, 0, 1, 0, 1]) ** 2 / 2))
 
 
+def test_changed_gaps_are_those_whose_annotations_show_different_actors():
+    a, b = [0, 0, 10, 10], [50, 50, 60, 60]
+    both = frame_label([a, b], tracks=[0, 1])
+    swapped = frame_label([b, a], tracks=[1, 0])  # the same two actors, listed the other way round
+    one = frame_label([a], tracks=[0])
+    other = frame_label([b], tracks=[1])  # one actor, but not the same one
+    labels = {2: both, 5: swapped, 8: one, 11: other, 14: EMPTY, 17: EMPTY, 20: one}
+    annotated = np.array(sorted(labels))
+    gap = in_changed_gap(labels, np.arange(23), annotated)
+    assert np.flatnonzero(gap).tolist() == [6, 7, 9, 10, 12, 13, 18, 19]  # leaves / swaps / leaves / enters
+    # without identities, actors count: two boxes on each side pair, two against one do not
+    blind = {0: frame_label([a, b]), 3: frame_label([b, a]), 6: frame_label([a])}
+    assert in_changed_gap(blind, np.arange(7), np.array([0, 3, 6])).tolist() == [0, 0, 0, 0, 1, 1, 0]
+    assert not in_changed_gap({4: one}, np.arange(9), np.array([4])).any()  # one annotation: only ends
+
+
+def test_clip_targets_skip_changed_gaps_unless_told_nearest():
+    labels = {2: box_label(0, 0, 2, 2), 6: EMPTY, 9: EMPTY}
+    frames = np.arange(12)
+    nearest = clip_targets(labels, frames, (4, 4), (4, 4), sigma=1.3, changed_gaps="nearest")
+    skip = clip_targets(labels, frames, (4, 4), (4, 4), sigma=1.3)
+    gap = np.isin(frames, [3, 4, 5])
+    assert (nearest["weight"][gap] > 0).all() and (skip["weight"][gap] == 0).all()
+    assert np.array_equal(skip["weight"][~gap], nearest["weight"][~gap])  # ends and same-actor gaps
+    assert np.array_equal(skip["fg"], nearest["fg"])  # the targets themselves do not change
+    masking = clip_targets(labels, frames, (4, 4), (4, 4), 1.3, "masking")
+    assert masking["weight"].tolist() == clip_targets(labels, frames, (4, 4), (4, 4), 1.3, "masking",
+                                                      changed_gaps="nearest")["weight"].tolist()
+    with pytest.raises(ValueError, match="changed_gaps"):
+        clip_targets(labels, frames, (4, 4), (4, 4), 1.3, changed_gaps="drop")
+
+
 def test_labels_near_gives_the_same_targets_as_all_labels():
     rng = np.random.default_rng(0)
     annotated = np.sort(rng.choice(100, 12, replace=False))
-    labels = {int(a): box_label(a % 7, 0, a % 7 + 3, 4) for a in annotated}
+    labels = {int(a): box_label(a % 7, 0, a % 7 + 3, 4) if a % 3 else EMPTY for a in annotated}
     for start in range(0, 92, 7):
         frames = np.arange(start, start + 8)
         near = labels_near(annotated, frames)

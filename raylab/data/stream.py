@@ -81,7 +81,8 @@ def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list,
 
 
 def decode_clips(
-    batch: pa.Table, size: tuple[int, int], sigma: float, weighting: str = "mgw"
+    batch: pa.Table, size: tuple[int, int], sigma: float, weighting: str = "mgw",
+    changed_gaps: str = "skip",
 ) -> dict[str, np.ndarray]:
     """Decode a batch of clip rows (from `clip_table`) into frames and targets (see module doc)."""
     rows = batch.to_pylist()
@@ -93,7 +94,8 @@ def decode_clips(
             f: frame_label(np.reshape(b, (-1, 4)), m, t)
             for f, b, m, t in zip(row["ann_frames"], row["ann_boxes"], row["ann_masks"], row["ann_tracks"])
         }
-        targets = clip_targets(labels, frames, (row["height"], row["width"]), size, sigma, weighting)
+        targets = clip_targets(labels, frames, (row["height"], row["width"]), size, sigma, weighting,
+                               changed_gaps)
         out["clip"].append(read_frames(row["path"], frames, size))
         out["video_id"].append(row["video_id"])
         out["frames"].append(frames.astype(np.int32))
@@ -112,6 +114,7 @@ def clip_dataset(
     size: tuple[int, int],
     sigma: float,
     weighting: str = "mgw",
+    changed_gaps: str = "skip",
     clips_per_task: int = 64,
     num_cpus: float = 1.0,
     in_process: bool = False,
@@ -128,7 +131,8 @@ def clip_dataset(
         decode_clips,
         batch_size=None,  # one block per call
         batch_format="pyarrow",
-        fn_kwargs={"size": tuple(size), "sigma": sigma, "weighting": weighting},
+        fn_kwargs={"size": tuple(size), "sigma": sigma, "weighting": weighting,
+                   "changed_gaps": changed_gaps},
         num_cpus=num_cpus,
     )
 

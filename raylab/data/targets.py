@@ -10,6 +10,12 @@ by position when both frames hold the same number of boxes. The pseudo-label has
 nearest annotated frame (the earlier one on a tie): those shown on both sides interpolated, the others
 as the nearest frame has them. Masks, empty frames and frames before the first / after the last
 annotation take the nearest annotated frame.
+
+A gap between two annotated frames that show different actors (one enters, leaves or is hidden somewhere
+in it) cannot be interpolated: the two annotations say the nearest one's copy is wrong somewhere in the
+gap, and not where. `changed_gaps="skip"` (the default) gives its frames loss weight 0; "nearest" weights
+their copy by MGW as any pseudo-label. ASL does not say what to do there; on SynthActions the copies in
+such gaps are wrong about the actor's presence 4-5 times as often as elsewhere (docs/RESULTS.md step 18).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import numpy as np
 
 from raylab.data.rle import rle_decode
 from raylab.proximity import mgw_weights
+
+CHANGED_GAPS = ("nearest", "skip")  # what the loss makes of a gap whose two annotations differ in actors
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,34 @@ def _pairs(a: FrameLabel, b: FrameLabel) -> list[tuple[int, int | None]]:
     if len(a.boxes) == len(b.boxes):
         return [(i, i) for i in range(len(a.boxes))]
     return [(i, None) for i in range(len(a.boxes))]
+
+
+def same_actors(a: FrameLabel, b: FrameLabel) -> bool:
+    """Do two annotated frames show the same actors (by track identity, else by count)? Two labelled
+    negatives do."""
+    if a.tracks and b.tracks:
+        return sorted(a.tracks) == sorted(b.tracks)
+    return len(a.boxes) == len(b.boxes)
+
+
+def in_changed_gap(labels: VideoLabels, frames: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """bool [N]: the frame lies strictly between two consecutive annotated frames that do not show the
+    same actors (`same_actors`). Annotated frames and frames before the first / after the last
+    annotation are never in one.
+
+    Args:
+        labels: the video's annotated frames; frames: int [N]; annotated: sorted keys of `labels`.
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    out = np.zeros(frames.shape, dtype=bool)
+    if annotated.size < 2:
+        return out
+    pos = np.searchsorted(annotated, frames)
+    inside = (pos > 0) & (pos < annotated.size) & ~np.isin(frames, annotated)
+    for i in np.flatnonzero(inside):
+        prev, nxt = int(annotated[pos[i] - 1]), int(annotated[pos[i]])
+        out[i] = not same_actors(labels[prev], labels[nxt])
+    return out
 
 
 def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None = None) -> FrameLabel | None:
@@ -123,8 +159,10 @@ def clip_targets(
     out_hw: tuple[int, int],
     sigma: float,
     weighting: str = "mgw",
+    changed_gaps: str = "skip",
 ) -> dict[str, np.ndarray]:
-    """Targets of one clip.
+    """Targets of one clip. `changed_gaps`: "skip" gives the frames `in_changed_gap` weight 0,
+    "nearest" leaves their weight to `weighting` (module doc).
 
     Returns:
         fg: uint8 [T, H, W] foreground (annotated frames' labels and pseudo-labels elsewhere)
@@ -135,11 +173,12 @@ def clip_targets(
     annotated_frames = np.array(sorted(labels), dtype=np.int64)
     fg = np.stack([render_foreground(pseudo_label(labels, int(f), annotated_frames), src_hw, out_hw)
                    for f in frames])
-    return {
-        "fg": fg,
-        "annotated": np.isin(frames, annotated_frames),
-        "weight": mgw_weights(frames, annotated_frames, sigma, weighting),
-    }
+    if changed_gaps not in CHANGED_GAPS:
+        raise ValueError(f"changed_gaps must be one of {CHANGED_GAPS}, got {changed_gaps!r}")
+    weight = mgw_weights(frames, annotated_frames, sigma, weighting)
+    if changed_gaps == "skip":
+        weight[in_changed_gap(labels, frames, annotated_frames)] = 0.0
+    return {"fg": fg, "annotated": np.isin(frames, annotated_frames), "weight": weight}
 
 
 def labels_near(annotated: np.ndarray, frames: np.ndarray) -> np.ndarray:
