@@ -27,11 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from raylab.config import PATH_KEYS, Config, ConfigError, absolute_paths, load_config
+from raylab.config import PATH_KEYS, Config, ConfigError, absolute_paths, flat_keys, load_config, read_yaml
 
 STEPS = ("train", "evaluate", "score", "select", "annotate")  # the steps of a cycle, in order
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
+# keys added to the config after runs were made, with the value that keeps such a run's behaviour: a saved
+# config.yaml without the key resumes with this value, not with the new default
+ADDED_KEYS = {"labels.changed_gaps": "nearest"}  # 2026-12-04; before, changed gaps took the nearest label
 
 
 class RunStateError(Exception):
@@ -150,11 +153,14 @@ def run_config(run: Path, overrides: list[str] = ()) -> Config:
     """The resolved config saved in a run directory, its relative paths taken relative to the run
     directory (config.yaml holds them absolute; a relative one travels with the run when it is moved).
     Runs made before paths were saved absolute hold paths relative to where they were started: such a
-    path that exists from this directory and not from the run directory is taken from here."""
+    path that exists from this directory and not from the run directory is taken from here. A key
+    added to the config since the run was made takes the value that keeps its behaviour (ADDED_KEYS)."""
     path = RunPaths(Path(run)).config
     if not path.is_file():
         raise RunStateError(f"{path} not found: {run} is not a run directory")
-    saved = load_config(path, overrides)
+    saved_keys = flat_keys(read_yaml(path, "run config"))
+    earlier = [f"{key}={value}" for key, value in ADDED_KEYS.items() if key not in saved_keys]
+    saved = load_config(path, [*earlier, *overrides])
     cfg = absolute_paths(saved, Path(run))
     here = absolute_paths(saved)
     for key in PATH_KEYS:

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from raylab.asl import cycle_budget, initial_requests
-from raylab.config import load_config
+from raylab.config import load_config, to_yaml
 from raylab.data.labels import LabelStore
 from raylab.loop import config_differences, open_run, share_first_cycle, stop_reason, with_strategy
 from raylab.rundir import (
@@ -56,6 +56,21 @@ def test_config_differences_name_each_key_and_ignore_where_ray_runs():
     b = load_config(SMOKE, ["loop.strategy=random", "labels.sigma=2.0", "ray.num_cpus=8"])
     assert config_differences(a, a) == []
     assert config_differences(a, b) == ["labels.sigma: 1.3 -> 2.0", "loop.strategy: 'apu-global' -> 'random'"]
+
+
+def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path):
+    """A config.yaml saved before `labels.changed_gaps` existed resumes with `nearest`, the rule it was
+    made with, not the new default; a run that saved the key keeps its own value."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run in (old, new):
+        run.mkdir()
+    saved = to_yaml(load_config(SMOKE))
+    assert "changed_gaps: skip" in saved
+    write_atomic(old / "config.yaml", saved.replace("  changed_gaps: skip\n", ""))
+    write_atomic(new / "config.yaml", saved)
+    assert run_config(old).labels.changed_gaps == "nearest"
+    assert run_config(new).labels.changed_gaps == "skip"
+    assert run_config(old, ["loop.cycles=9"]).labels.changed_gaps == "nearest"
 
 
 def test_metric_value_reads_family_at_threshold():
