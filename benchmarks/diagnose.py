@@ -14,7 +14,8 @@ frames by distance to the nearest labelled frame (0: the labelled frames themsel
 Last line of output: JSON {"video_accuracy", "misclassified": {video: predicted class},
 "actionness_threshold", "mask_threshold", "box_iou_mean", "box_iou_ge_0.5", "box_iou_by_threshold",
 "train_box_iou_by_distance": {"0", "1-3", "4+": [frames, mean IoU]}, "actionness": {"with_actor",
-"without_actor", "with_actor_kept", "without_actor_kept"}, "frame_map@0.5": {"predicted", "true_class",
+"without_actor", "with_actor_kept", "without_actor_kept", "labelled_training_frames": {"with_actor",
+"without_actor"}}, "frame_map@0.5": {"predicted", "true_class",
 "true_class_no_threshold"}, "video_map@0.5": {...}}.
 """
 
@@ -45,28 +46,34 @@ def _boxes_by_frame(gt) -> dict[tuple[str, int], list]:
     return boxes
 
 
-def training_box_ious(data, model, cycle: int, mask_threshold: float) -> dict:
+def training_fit(data, model, cycle: int, mask_threshold: float) -> tuple[dict, dict]:
     """Box IoU on the training videos' actor frames, by distance to the nearest frame labelled for this
-    cycle: does the detector fit its labelled frames, and does the fit reach the frames between them?"""
+    cycle (does the detector fit its labelled frames, and does the fit reach the frames between them?),
+    and the mean actionness of the labelled frames with and without an actor (the frames the actionness
+    threshold is set on)."""
     cfg, size = data.cfg, (data.cfg.clips.height, data.cfg.clips.width)
     labels = LabelStore(data.paths.labels, index=data.index).to_pandas()
     labels = labels[labels["cycle"] <= cycle]  # the frames this cycle's detector was trained on
     labelled = {v: rows["frame"].to_numpy() for v, rows in labels.groupby("video_id")}
     boxes = _boxes_by_frame(data.gt[data.gt["video_id"].isin(data.train["video_id"])])
-    distance, ious = [], []
+    distance, ious, scores, has_actor = [], [], [], []
     for row, fg, _ in predict_each_video(model, data.train, data.root, cfg.clips.length, size,
                                          cfg.clips.batch_size, "cpu", cfg.clips.stride):
         frames = [i for i in range(row.num_frames) if (row.video_id, i) in boxes]
         marks = labelled.get(row.video_id, np.array([], np.int64))
+        scores += list(actionness(fg[marks]))
+        has_actor += [(row.video_id, int(i)) in boxes for i in marks]
         distance += [np.abs(marks - i).min() if len(marks) else np.inf for i in frames]
         ious += list(component_box_ious(fg[frames], [boxes[(row.video_id, i)] for i in frames],
                                         (row.width / size[1], row.height / size[0]), (mask_threshold,))[:, 0])
     distance, ious = np.array(distance, np.float64), np.array(ious)
-    out = {}
+    scores, has_actor = np.array(scores), np.array(has_actor, bool)
+    by_distance = {}
     for name, lo, hi in DISTANCES:
         near = (distance >= lo) & (distance <= hi)
-        out[name] = [int(near.sum()), float(ious[near].mean()) if near.any() else None]
-    return out
+        by_distance[name] = [int(near.sum()), float(ious[near].mean()) if near.any() else None]
+    return by_distance, {"with_actor": float(scores[has_actor].mean()) if has_actor.any() else None,
+                         "without_actor": float(scores[~has_actor].mean()) if (~has_actor).any() else None}
 
 
 def diagnose(run: Path, cycle: int) -> dict:
@@ -111,6 +118,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     by_threshold = np.concatenate(ious)
     ious = by_threshold[:, 0]
     metrics = {v: evaluate_stad(docs[v]) for v in VARIANTS}
+    train_ious, train_actionness = training_fit(data, model, cycle, mask_threshold)
     return {
         "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
         "video_accuracy": float(np.mean(hits)), "misclassified": misclassified,
@@ -118,11 +126,12 @@ def diagnose(run: Path, cycle: int) -> dict:
         "mask_threshold": mask_threshold,
         "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
         "box_iou_by_threshold": {str(t): float(m) for t, m in zip(THRESHOLDS, by_threshold[:, 1:].mean(0))},
-        "train_box_iou_by_distance": training_box_ious(data, model, cycle, mask_threshold),
+        "train_box_iou_by_distance": train_ious,
         "actionness": {"with_actor": float(scores[has_actor].mean()),
                        "without_actor": float(scores[~has_actor].mean()),
                        "with_actor_kept": float((scores[has_actor] >= threshold).mean()),
-                       "without_actor_kept": float((scores[~has_actor] >= threshold).mean())},
+                       "without_actor_kept": float((scores[~has_actor] >= threshold).mean()),
+                       "labelled_training_frames": train_actionness},
         "frame_map@0.5": {v: metrics[v]["frame_map"]["0.5"] for v in VARIANTS},
         "video_map@0.5": {v: metrics[v]["video_map"]["0.5"] for v in VARIANTS},
     }

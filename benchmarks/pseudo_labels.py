@@ -6,12 +6,16 @@ fraction of each video's frames, at random), builds every other frame's pseudo-l
 label where either has no actor) and compares it with the ground truth: how often the pseudo-label
 says there is an actor where there is none or the reverse, and the box IoU (ACT's +1 pixel; each true
 box against its best pseudo-label box) on frames where both have an actor. Beside each distance, the
-MGW weight that frame gets (`proximity.mgw_weights`) for each sigma asked for. No training.
+MGW weight that frame gets (`proximity.mgw_weights`) for each sigma asked for, and how many of the
+frames lie in a changed gap (between two labelled frames that show different actors,
+`data.targets.in_changed_gap`: the frames `labels.changed_gaps=skip` gives weight 0) with how often the
+actor's presence is wrong there and elsewhere. No training.
 
     python -m benchmarks.pseudo_labels runs/learning/data/small-seed3/spatiotemporal --sigmas 1.3 2.6
 
 Last line of output: JSON {"fraction", "seed", "by_distance": {"1", ..., "6+": {"frames",
-"actor_presence_wrong", "box_iou_mean", "box_iou_ge_0.5", "mgw_weight": {sigma: weight}}}}.
+"actor_presence_wrong", "box_iou_mean", "box_iou_ge_0.5", "mgw_weight": {sigma: weight},
+"changed_gap": {"frames", "actor_presence_wrong"}, "elsewhere": {"frames", "actor_presence_wrong"}}}}.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pandas as pd
 
 from raylab.asl import initial_requests
 from raylab.data.annotations import load_dataset
-from raylab.data.targets import group_labels, pseudo_label
+from raylab.data.targets import group_labels, in_changed_gap, pseudo_label
 from raylab.eval.boxes import iou2d
 from raylab.oracle import reveal_frames
 from raylab.proximity import mgw_weights, nearest_annotated_distance
@@ -45,14 +49,18 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
         annotated = np.array(sorted(labels), dtype=np.int64)
         frames = np.setdiff1d(np.arange(n), annotated)
         distances = np.minimum(nearest_annotated_distance(frames, annotated), FAR).astype(int)
-        for frame, d in zip(frames, distances):
+        changed = in_changed_gap(labels, frames, annotated)
+        for frame, d, gap in zip(frames, distances, changed):
             pseudo = pseudo_label(labels, int(frame), annotated)
             true = truth.get(video_id, {}).get(int(frame))
             has_pseudo, has_true = not (pseudo is None or pseudo.empty), not (true is None or true.empty)
-            s = stats.setdefault(int(d), {"frames": 0, "wrong": 0, "ious": []})
+            s = stats.setdefault(int(d), {"frames": 0, "wrong": 0, "ious": [],
+                                          "gap": [0, 0], "other": [0, 0]})  # [frames, presence wrong]
             s["frames"] += 1
+            s["gap" if gap else "other"][0] += 1
             if has_pseudo != has_true:
                 s["wrong"] += 1
+                s["gap" if gap else "other"][1] += 1
             elif has_true:
                 s["ious"] += list(iou2d(true.boxes, pseudo.boxes).max(axis=1))
     return {"fraction": fraction, "seed": seed, "by_distance": {
@@ -63,6 +71,8 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
             "box_iou_ge_0.5": round(float(np.mean(np.array(s["ious"]) >= 0.5)), 3) if s["ious"] else None,
             "mgw_weight": {str(sigma): round(float(mgw_weights(np.array([d]), np.array([0]), sigma)[0]), 3)
                            for sigma in sigmas},
+            **{name: {"frames": s[key][0], "actor_presence_wrong": round(s[key][1] / max(s[key][0], 1), 3)}
+               for name, key in (("changed_gap", "gap"), ("elsewhere", "other"))},
         } for d, s in sorted(stats.items())}}
 
 
@@ -77,7 +87,10 @@ def main() -> None:
     result = pseudo_label_quality(args.dataset, args.fraction, args.seed, args.sigmas)
     for d, s in result["by_distance"].items():
         print(f"distance {d:>2}: {s['frames']:5d} frames, presence wrong {s['actor_presence_wrong']:.3f}, "
-              f"box IoU {s['box_iou_mean']}, >= 0.5 {s['box_iou_ge_0.5']}, MGW weight {s['mgw_weight']}")
+              f"box IoU {s['box_iou_mean']}, >= 0.5 {s['box_iou_ge_0.5']}, MGW weight {s['mgw_weight']}; "
+              f"{s['changed_gap']['frames']} in changed gaps, presence wrong there "
+              f"{s['changed_gap']['actor_presence_wrong']:.3f}, "
+              f"elsewhere {s['elsewhere']['actor_presence_wrong']:.3f}")
     print(json.dumps(result))
 
 
