@@ -15,7 +15,7 @@ A gap between two annotated frames that show different actors (one enters, leave
 in it) cannot be interpolated: the two annotations say the nearest one's copy is wrong somewhere in the
 gap, and not where. `changed_gaps="skip"` (the default) gives its frames loss weight 0; "nearest" weights
 their copy by MGW as any pseudo-label. ASL does not say what to do there; on SynthActions the copies in
-such gaps are wrong about the actor's presence 4-5 times as often as elsewhere (docs/RESULTS.md step 18).
+such gaps are wrong about the actor's presence 3-6 times as often as elsewhere (docs/RESULTS.md step 18).
 """
 
 from __future__ import annotations
