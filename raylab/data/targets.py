@@ -64,11 +64,9 @@ def _pairs(a: FrameLabel, b: FrameLabel) -> list[tuple[int, int | None]]:
 
 
 def same_actors(a: FrameLabel, b: FrameLabel) -> bool:
-    """Do two annotated frames show the same actors (by track identity, else by count)? Two labelled
-    negatives do."""
-    if a.tracks and b.tracks:
-        return sorted(a.tracks) == sorted(b.tracks)
-    return len(a.boxes) == len(b.boxes)
+    """Do two annotated frames show the same actors: as many boxes, each paired with one of the other
+    frame's (`_pairs`: by track identity, else by position)? Two labelled negatives do."""
+    return len(a.boxes) == len(b.boxes) and all(j is not None for _, j in _pairs(a, b))
 
 
 def in_changed_gap(labels: VideoLabels, frames: np.ndarray, annotated: np.ndarray) -> np.ndarray:
@@ -169,12 +167,12 @@ def clip_targets(
         annotated: bool [T] frame is annotated
         weight: float32 [T] MGW / masking / interpolation loss weight
     """
+    if changed_gaps not in CHANGED_GAPS:
+        raise ValueError(f"changed_gaps must be one of {CHANGED_GAPS}, got {changed_gaps!r}")
     frames = np.asarray(frames, dtype=np.int64)
     annotated_frames = np.array(sorted(labels), dtype=np.int64)
     fg = np.stack([render_foreground(pseudo_label(labels, int(f), annotated_frames), src_hw, out_hw)
                    for f in frames])
-    if changed_gaps not in CHANGED_GAPS:
-        raise ValueError(f"changed_gaps must be one of {CHANGED_GAPS}, got {changed_gaps!r}")
     weight = mgw_weights(frames, annotated_frames, sigma, weighting)
     if changed_gaps == "skip":
         weight[in_changed_gap(labels, frames, annotated_frames)] = 0.0
