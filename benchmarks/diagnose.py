@@ -57,11 +57,12 @@ def training_fit(data, model, cycle: int, mask_threshold: float) -> tuple[dict, 
     labelled = {v: rows["frame"].to_numpy() for v, rows in labels.groupby("video_id")}
     boxes = _boxes_by_frame(data.gt[data.gt["video_id"].isin(data.train["video_id"])])
     distance, ious, scores, has_actor = [], [], [], []
+    window = cfg.evaluation.actionness_window
     for row, fg, _ in predict_each_video(model, data.train, data.root, cfg.clips.length, size,
-                                         cfg.clips.batch_size, "cpu", cfg.clips.stride):
+                                         cfg.clips.batch_size, "cpu", cfg.clips.stride, cfg.evaluation.flip):
         frames = [i for i in range(row.num_frames) if (row.video_id, i) in boxes]
         marks = labelled.get(row.video_id, np.array([], np.int64))
-        scores += list(actionness(fg[marks]))
+        scores += list(actionness(fg, window)[marks])
         has_actor += [(row.video_id, int(i)) in boxes for i in marks]
         distance += [np.abs(marks - i).min() if len(marks) else np.inf for i in frames]
         ious += list(component_box_ious(fg[frames], [boxes[(row.video_id, i)] for i in frames],
@@ -92,8 +93,10 @@ def diagnose(run: Path, cycle: int) -> dict:
     ious, scores, has_actor, hits = [], [], [], []
     misclassified = {}  # video -> the class it was given
     boxes = _boxes_by_frame(gt)  # the ground truth's boxes of each frame
+    window = cfg.evaluation.actionness_window
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
-                                                cfg.clips.batch_size, "cpu", cfg.clips.stride):
+                                                cfg.clips.batch_size, "cpu", cfg.clips.stride,
+                                                cfg.evaluation.flip):
         predicted = int(np.argmax(class_probs))
         hits.append(predicted == int(row.label))
         if not hits[-1]:
@@ -103,11 +106,12 @@ def diagnose(run: Path, cycle: int) -> dict:
         for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),
                                     ("true_class_no_threshold", true, 0.0)):
             f, t = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, probs, scale_xy=scale,
-                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cut)
+                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cut,
+                                       actionness_window=window)
             docs[variant]["frame_detections"] += f
             docs[variant]["tube_detections"] += t
         # the box of every ground-truth frame, as if its actionness passed the threshold
-        frame_actionness = actionness(fg)
+        frame_actionness = actionness(fg, window)
         targets = [boxes.get((row.video_id, i)) for i in range(row.num_frames)]
         actor = np.array([target is not None for target in targets])
         scores += list(frame_actionness)

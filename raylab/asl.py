@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +128,16 @@ def train_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> Non
 
 
 def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:
-    """frame-/video-mAP of the cycle's detector on the test split (ACT protocol) -> metrics/cycle=K.json.
+    """frame-/video-mAP of the cycle's detector on the test split (ACT protocol) -> metrics/cycle=K.json
+    (`evaluate_cycle`)."""
+    write_atomic(data.paths.cycle_metrics(cycle), json.dumps(evaluate_cycle(cfg, data, store, cycle)) + "\n")
 
-    The actionness threshold below which a frame gets no detection and the foreground threshold of its
-    box are set first, on the labelled training frames (never on the test split), and recorded with the
-    metrics."""
+
+def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> dict:
+    """The metrics record of the cycle's detector on the test split (ACT protocol), predicted as
+    `evaluation` says. The actionness threshold below which a frame gets no detection and the foreground
+    threshold of its box are set first, on the labelled frames of `store` (never on the test split), and
+    recorded with the metrics."""
     from raylab.eval.predict import calibrate_detector, predict_dataset, video_accuracy
     from raylab.eval.stad import evaluate_stad
     from raylab.train import MODEL_FILE, load_detector
@@ -143,21 +148,22 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
     c = cfg.clips
     size = (c.height, c.width)
     calibration = calibrate_detector(model, data.train, store.to_pandas(), data.root, c.length, size,
-                                     batch=c.batch_size, stride=c.stride)
+                                     batch=c.batch_size, stride=c.stride,
+                                     actionness_window=cfg.evaluation.actionness_window,
+                                     flip=cfg.evaluation.flip)
     doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
                           data.root, c.length, size, batch=c.batch_size, calibration=calibration,
                           stride=c.stride)
     metrics = evaluate_stad(doc)
     history = checkpoint / "history.jsonl"
-    record = {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
-              "labelled_frames": len(store), "cost": store.cost(),
-              "clicks_fraction": store.cost() / max(total_clicks(cfg, data), TOLERANCE),
-              "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
-              "video_accuracy": video_accuracy(doc, test), "actionness_threshold": calibration.min_actionness,
-              "mask_threshold": calibration.mask_threshold,
-              "train_history": [json.loads(line) for line in history.read_text().splitlines()]
-              if history.is_file() else []}
-    write_atomic(data.paths.cycle_metrics(cycle), json.dumps(record) + "\n")
+    return {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
+            "labelled_frames": len(store), "cost": store.cost(),
+            "clicks_fraction": store.cost() / max(total_clicks(cfg, data), TOLERANCE),
+            "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
+            "video_accuracy": video_accuracy(doc, test), "actionness_threshold": calibration.min_actionness,
+            "mask_threshold": calibration.mask_threshold, "evaluation": asdict(cfg.evaluation),
+            "train_history": [json.loads(line) for line in history.read_text().splitlines()]
+            if history.is_file() else []}
 
 
 def score_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> None:

@@ -214,6 +214,21 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """How ASL's evaluation (and the calibration on labelled training frames before it) turns a
+    detector's clips into per-frame detections (raylab/eval/predict.py; docs/RESULTS.md step 19)."""
+
+    flip: bool = True  # average each clip's probabilities with those of its mirror image, mirrored back
+    actionness_window: int = 3  # a frame gets a detection when the median actionness of this many frames
+    #                             centred on it reaches the threshold (odd; 1 = the frame alone)
+
+    def __post_init__(self):
+        if self.actionness_window < 1 or self.actionness_window % 2 == 0:
+            raise ConfigError(f"evaluation.actionness_window must be an odd number >= 1, "
+                              f"got {self.actionness_window}")
+
+
+@dataclass(frozen=True)
 class LocalizerConfig:
     feature_dim: int = 0  # D of the snippet features; 0 = the features' own (set when a run opens them)
     width: int = 256  # channels of the pyramid, the heads and the refinement
@@ -379,6 +394,7 @@ class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)

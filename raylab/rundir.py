@@ -34,7 +34,11 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
 # keys added to the config after runs were made, with the value that keeps such a run's behaviour: a saved
 # config.yaml without the key resumes with this value, not with the new default
-ADDED_KEYS = {"labels.changed_gaps": "nearest"}  # 2026-12-04; before, changed gaps took the nearest label
+ADDED_KEYS = {
+    "labels.changed_gaps": "nearest",  # 2026-12-04; before, changed gaps took the nearest label
+    "evaluation.flip": False,  # 2026-12-04; before, clips were predicted as they are
+    "evaluation.actionness_window": 1,  # 2026-12-04; before, each frame's actionness alone
+}
 
 
 class RunStateError(Exception):
@@ -272,11 +276,12 @@ class RunData:
         return list(self.meta["classes"])
 
 
-def load_run(run: Path) -> RunData:
-    """Open an existing run directory and its dataset (nothing is generated or written)."""
+def load_run(run: Path, overrides: list[str] = ()) -> RunData:
+    """Open an existing run directory and its dataset (nothing is generated or written); `overrides`
+    (key=value) change its saved config for this reading only (`run_config`)."""
     from raylab.data.annotations import load_dataset
 
-    cfg = run_config(run)
+    cfg = run_config(run, list(overrides))
     root = dataset_root(cfg)
     if not (root / "dataset.json").is_file():
         raise RunStateError(f"dataset of run {run} not found at {root} "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from raylab.data.rle import rle_encode
-from raylab.eval.masks import best_mask_threshold, calibrate_actionness, component_box_ious
+from raylab.eval.masks import actionness, best_mask_threshold, calibrate_actionness, component_box_ious
 from raylab.eval.stad import (
     StadFormatError,
     evaluate_stad,
@@ -248,6 +248,26 @@ def test_masks_to_detections_box_of_the_largest_component_and_no_box_below_actio
     fds, tds = masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.6)
     assert [d["frame"] for d in fds] == [1] and [b[0] for b in tds[0]["boxes"]] == [1]
     assert masks_to_detections("v", np.arange(2), fg, np.array([1.0]), min_actionness=0.95) == ([], [])
+
+
+def test_actionness_window_calls_a_frame_by_the_median_of_its_neighbourhood():
+    peaks = np.array([0.9, 0.9, 0.2, 0.9, 0.1, 0.1, 0.8, 0.1, 0.1])  # a one-frame dip, a one-frame spike
+    fg = np.zeros((len(peaks), 4, 4))
+    fg[:, 1, 2] = peaks
+    assert actionness(fg) == pytest.approx(peaks)
+    assert actionness(fg, 3) == pytest.approx([0.9, 0.9, 0.9, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert actionness(fg[:1], 3) == pytest.approx([0.9])  # the ends repeat the edge frame
+    with pytest.raises(ValueError, match="odd"):
+        actionness(fg, 2)
+    # with the window the spike's frame gets no detection, the dip's frame gets one, and the frame after
+    # the dip (between the dip and a low frame) none
+    def frames(window):
+        detections, _ = masks_to_detections("v", np.arange(len(peaks)), fg, np.array([1.0]), threshold=0.15,
+                                            min_actionness=0.5, actionness_window=window)
+        return [d["frame"] for d in detections]
+
+    assert frames(1) == [1, 2, 4, 7]
+    assert frames(3) == [1, 2, 3]
 
 
 def test_mask_threshold_is_the_one_whose_boxes_fit_labelled_frames_best():

@@ -51,7 +51,9 @@ def fit(cfg, sets, num_classes: int, fraction: float, seed: int = 0):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     for _ in range(EPOCHS):
         train_epoch(model, batches, optimizer, "cpu", False, 1.0, 1.0)
-    return model, calibrate_detector(model, *calibration_frames, cfg.clips.length, size)
+    return model, calibrate_detector(model, *calibration_frames, cfg.clips.length, size,
+                                     actionness_window=cfg.evaluation.actionness_window,
+                                     flip=cfg.evaluation.flip)
 
 
 def evaluate(model, calibration, cfg, root, index, gt, classes) -> dict:

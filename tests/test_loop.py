@@ -73,6 +73,17 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path
     assert run_config(old, ["loop.cycles=9"]).labels.changed_gaps == "nearest"
 
 
+def test_a_run_made_before_the_evaluation_section_is_evaluated_as_it_was(tmp_path):
+    """A config.yaml saved without `evaluation` (runs made before 2026-12-04) predicts clips unmirrored
+    and calls each frame by its own actionness, as its earlier cycles were evaluated."""
+    saved = to_yaml(load_config(SMOKE))
+    section = "evaluation:\n  flip: true\n  actionness_window: 3\n"
+    assert section in saved
+    write_atomic(tmp_path / "config.yaml", saved.replace(section, ""))
+    old = run_config(tmp_path).evaluation
+    assert (old.flip, old.actionness_window) == (False, 1)
+
+
 def test_metric_value_reads_family_at_threshold():
     record = {"metrics": {"frame_map": {"0.5": 0.25}, "video_map": {"0.2": 0.5, "0.5:0.95": 0.1}}}
     assert metric_value(record, "frame_map@0.5") == 0.25

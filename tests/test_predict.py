@@ -34,3 +34,55 @@ def test_every_frame_is_predicted_by_a_clip_of_the_training_stride(tmp_path, str
     [(_, fg, _)] = list(predict_each_video(StepMeter(), index, tmp_path, 4, (32, 64), 8, "cpu", stride))
     steps = np.log(fg / (1 - fg))[:, 0, 0]  # the logit of every frame
     assert np.allclose(steps, stride, atol=0.25), steps
+
+
+class Brightness(torch.nn.Module):
+    """A stand-in detector that follows what it sees: the foreground logit of a pixel is 8 where the
+    frame is bright and -8 elsewhere, and every clip names class 0."""
+
+    def forward(self, clip: torch.Tensor) -> dict:
+        logits = torch.where(clip.mean(1) > 0, 8.0, -8.0)
+        return {"fg_logits": logits, "class_probs": torch.tensor([[1.0, 0.0]]).expand(len(clip), 2)}
+
+
+class SlotAndColumn(torch.nn.Module):
+    """A stand-in detector that ignores the frames: the foreground logit of clip slot j at column x is
+    j + x / 10, so each prediction tells which slot of which view made it."""
+
+    def forward(self, clip: torch.Tensor) -> dict:
+        b, _, t, h, w = clip.shape
+        logits = torch.arange(t, dtype=torch.float32)[:, None, None] + torch.arange(w) / 10.0
+        return {"fg_logits": logits.expand(b, t, h, w), "class_probs": torch.full((b, 2), 0.5)}
+
+
+def _one_video(tmp_path, frames: int):
+    write_video(tmp_path / "v.mp4", blob_frames(frames), fps=25)
+    columns = ["video_id", "path", "num_frames", "fps", "height", "width", "label", "split"]
+    return pd.DataFrame([("v", "v.mp4", frames, 25.0, 32, 64, 0, "test")], columns=columns)
+
+
+def test_mirrored_clips_are_mirrored_back_and_averaged(tmp_path):
+    index = _one_video(tmp_path, 8)
+
+    def predict(model, flip):
+        [(_, fg, _)] = list(predict_each_video(model, index, tmp_path, 4, (32, 64), 8, "cpu", flip=flip))
+        return fg
+
+    plain, both = predict(Brightness(), False), predict(Brightness(), True)
+    assert (plain > 0.5).sum() > 0 and np.allclose(both, plain)  # the square stays where it is
+    fg = predict(SlotAndColumn(), True)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    x = np.arange(64)
+    expected = (sigmoid(1 + x / 10) + sigmoid(1 + (63 - x) / 10)) / 2  # frame 1: slot 1 of clip 0
+    assert np.allclose(fg[1, 5], expected, atol=1e-4)
+
+
+def test_a_frame_held_by_two_clips_takes_the_mean_of_both(tmp_path):
+    """10 frames in clips of 4: clips 0-3, 4-7 and 6-9 (the last moved back); frames 6 and 7 sit in
+    slots 2, 3 of the second clip and 0, 1 of the third."""
+    index = _one_video(tmp_path, 10)
+    [(_, fg, _)] = list(predict_each_video(SlotAndColumn(), index, tmp_path, 4, (32, 64), 8, "cpu"))
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    assert fg[5, 0, 0] == pytest.approx(sigmoid(1.0), abs=1e-5)  # in one clip only
+    assert fg[6, 0, 0] == pytest.approx((sigmoid(2.0) + sigmoid(0.0)) / 2, abs=1e-5)
+    assert fg[9, 0, 0] == pytest.approx(sigmoid(3.0), abs=1e-5)

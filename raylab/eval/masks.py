@@ -107,9 +107,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def actionness(fg_prob: np.ndarray) -> np.ndarray:
-    """A frame's actionness: its highest foreground probability, float [T] from [T, H, W]."""
-    return np.asarray(fg_prob, np.float64).reshape(len(fg_prob), -1).max(axis=1)
+def actionness(fg_prob: np.ndarray, window: int = 1) -> np.ndarray:
+    """A frame's actionness: its highest foreground probability, float [T] from [T, H, W] of
+    consecutive frames; with `window` w (odd), the median of that over the w frames centred on it (the
+    first and last frame repeated past the ends). With w = 3 a frame is called acting when at least two
+    of it and its two neighbours reach the threshold: an actor is present over runs of frames, and one
+    frame's flicker does not switch it on or off."""
+    peak = np.asarray(fg_prob, np.float64).reshape(len(fg_prob), -1).max(axis=1)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the actionness window must be an odd number of frames, got {window}")
+    if window == 1 or len(peak) == 0:
+        return peak
+    from scipy.ndimage import median_filter
+
+    return median_filter(peak, size=window, mode="nearest")
 
 
 def component_boxes(fg_prob: np.ndarray, threshold: float = 0.5, scale_xy=(1.0, 1.0),
@@ -149,6 +160,7 @@ def masks_to_detections(
     threshold: float = 0.5,
     top_k: int = 1,
     min_actionness: float = 0.0,
+    actionness_window: int = 1,
 ) -> tuple[list[dict], list[dict]]:
     """Turn a video's predicted foreground masks into frame detections and tubes for evaluate_stad.
 
@@ -171,6 +183,7 @@ def masks_to_detections(
         threshold: foreground threshold.
         top_k: number of classes that get detections.
         min_actionness: frames below it have no actor (`calibrate_actionness` sets it on training frames).
+        actionness_window: frames whose median actionness is compared with it (`actionness`).
 
     Returns:
         (frame_detections, tube_detections) as in the evaluation JSON, frames 1-based.
@@ -179,7 +192,8 @@ def masks_to_detections(
     frames = np.asarray(frames, np.int64)
     t = len(fg)
     probs = np.broadcast_to(np.asarray(class_probs, np.float64), (t, np.shape(class_probs)[-1]))  # [T, C]
-    has, box, fg_mean = component_boxes(fg, threshold, scale_xy, actionness(fg) >= min_actionness)
+    acting = actionness(fg, actionness_window) >= min_actionness
+    has, box, fg_mean = component_boxes(fg, threshold, scale_xy, acting)
     x1, y1, x2, y2 = box.T
     classes = np.argsort(-probs.mean(axis=0), kind="stable")[:top_k]
     frame_dets, tube_dets = [], []
