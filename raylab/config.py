@@ -216,10 +216,12 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class EvaluationConfig:
     """How ASL's evaluation (and the calibration on labelled training frames before it) turns a
-    detector's clips into per-frame detections (raylab/eval/predict.py; docs/RESULTS.md step 19)."""
+    detector's clips into per-frame detections (raylab/eval/predict.py). Off by default: measured in
+    docs/RESULTS.md step 19 (f-mAP@0.5 up at every fraction, the 1% : 100% ratio above the benchmark's
+    ceiling on one draw)."""
 
-    flip: bool = True  # average each clip's probabilities with those of its mirror image, mirrored back
-    actionness_window: int = 3  # a frame gets a detection when the median actionness of this many frames
+    flip: bool = False  # average each clip's probabilities with those of its mirror image, mirrored back
+    actionness_window: int = 1  # a frame gets a detection when the median actionness of this many frames
     #                             centred on it reaches the threshold (odd; 1 = the frame alone)
 
     def __post_init__(self):

@@ -36,8 +36,8 @@ CONFIG_FILE = "config.yaml"
 # config.yaml without the key resumes with this value, not with the new default
 ADDED_KEYS = {
     "labels.changed_gaps": "nearest",  # 2026-12-04; before, changed gaps took the nearest label
-    "evaluation.flip": False,  # 2026-12-04; before, clips were predicted as they are
-    "evaluation.actionness_window": 1,  # 2026-12-04; before, each frame's actionness alone
+    "evaluation.flip": False,  # 2026-12-04 (also the default); before, clips were predicted as they are
+    "evaluation.actionness_window": 1,  # 2026-12-04 (also the default); before, each frame's own actionness
 }
 
 

@@ -75,13 +75,16 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path
 
 def test_a_run_made_before_the_evaluation_section_is_evaluated_as_it_was(tmp_path):
     """A config.yaml saved without `evaluation` (runs made before 2026-12-04) predicts clips unmirrored
-    and calls each frame by its own actionness, as its earlier cycles were evaluated."""
-    saved = to_yaml(load_config(SMOKE))
+    and calls each frame by its own actionness, as its earlier cycles were evaluated, whatever the
+    defaults are; a run that saved the section keeps its own values."""
+    saved = to_yaml(load_config(SMOKE, ["evaluation.flip=true", "evaluation.actionness_window=3"]))
     section = "evaluation:\n  flip: true\n  actionness_window: 3\n"
     assert section in saved
     write_atomic(tmp_path / "config.yaml", saved.replace(section, ""))
     old = run_config(tmp_path).evaluation
     assert (old.flip, old.actionness_window) == (False, 1)
+    write_atomic(tmp_path / "config.yaml", saved)
+    assert run_config(tmp_path).evaluation.actionness_window == 3
 
 
 def test_metric_value_reads_family_at_threshold():
