@@ -64,7 +64,9 @@ def main() -> None:
         except (RunStateError, ConfigError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
         row = rows[-1]
-        print(f"{run}: f-mAP@0.5 {row['frame_map@0.5']:.3f} (recorded {row['recorded']['frame_map@0.5']}), "
+        recorded = row["recorded"]["frame_map@0.5"]
+        recorded = "none" if recorded is None else f"{recorded:.3f}"
+        print(f"{run}: f-mAP@0.5 {row['frame_map@0.5']:.3f} (recorded {recorded}), "
               f"v-mAP@0.5 {row['video_map@0.5']:.3f}, video accuracy {row['video_accuracy']:.2f}", flush=True)
     print(json.dumps({"runs": rows}))
 
