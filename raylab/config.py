@@ -49,7 +49,8 @@ class ClipConfig:
     height: int = 64  # decoded frame height (pixels); targets are rendered at this size
     width: int = 64  # decoded frame width (pixels)
     sampling: str = "annotated"  # "annotated": clips around labelled frames (training); "tile": dense tiling
-    clips_per_annotation: int = 1  # training clips drawn around each annotated frame per epoch
+    clips_per_annotation: int = 1  # training clips drawn around each annotated frame, once per cycle (every
+    #                                epoch of the cycle passes over the same clips)
     cover: bool = True  # an annotated frame already inside that many clips of its video gets none of its own
     video_clips: int = 4  # training clips anywhere in every training video, for its (known) class label
     batch_size: int = 8  # clips per batch handed to the consumer (training step, scorer)
