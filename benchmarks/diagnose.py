@@ -4,15 +4,17 @@ Takes a run directory and a cycle and re-predicts the test split with that cycle
 reports what a perfect part would give: the metrics as evaluated, with the true class substituted for
 the predicted class probabilities, and with the true class and no actionness threshold; the box IoU of
 the largest connected component (at the run's calibrated foreground threshold) on every ground-truth
-frame, and at other foreground thresholds; how the actionness threshold (set on labelled training
-frames) splits test frames with and without an actor; and the box IoU on the training videos' actor
+frame, and at other foreground thresholds; how the tubes' actionness threshold (set on labelled
+training frames; frame detections have their own, `frame_actionness_threshold`) splits test frames with
+and without an actor; and the box IoU on the training videos' actor
 frames by distance to the nearest labelled frame (0: the labelled frames themselves). IoUs use ACT's
 +1-pixel convention, as frame-mAP does.
 
     python -m benchmarks.diagnose runs/results/synth0-f1.0-s0 --cycle 0
 
 Last line of output: JSON {"video_accuracy", "misclassified": {video: predicted class},
-"actionness_threshold", "mask_threshold", "box_iou_mean", "box_iou_ge_0.5", "box_iou_by_threshold",
+"actionness_threshold", "frame_actionness_threshold", "mask_threshold", "box_iou_mean", "box_iou_ge_0.5",
+"box_iou_by_threshold",
 "train_box_iou_by_distance": {"0", "1-3", "4+": [frames, mean IoU]}, "actionness": {"with_actor",
 "without_actor", "with_actor_kept", "without_actor_kept", "labelled_training_frames": {"with_actor",
 "without_actor"}}, "frame_map@0.5": {"predicted", "true_class",
@@ -81,7 +83,8 @@ def diagnose(run: Path, cycle: int) -> dict:
     data = load_run(run)
     cfg = data.cfg
     record = next(r for r in read_metrics(run) if r["cycle"] == cycle)
-    threshold = record.get("actionness_threshold", 0.0)
+    threshold = record.get("actionness_threshold", 0.0)  # the tubes'
+    frame_threshold = record.get("frame_actionness_threshold", threshold)  # runs made before it: the same
     mask_threshold = record.get("mask_threshold", 0.5)  # runs made before it was calibrated used 0.5
     model = load_detector(data.paths.checkpoint_dir(cycle) / MODEL_FILE)
     test = data.index[data.index["split"] == "test"].reset_index(drop=True)
@@ -103,11 +106,12 @@ def diagnose(run: Path, cycle: int) -> dict:
             misclassified[row.video_id] = classes[predicted]
         scale = (row.width / size[1], row.height / size[0])
         true = np.eye(len(classes))[row.label]
-        for variant, probs, cut in (("predicted", class_probs, threshold), ("true_class", true, threshold),
-                                    ("true_class_no_threshold", true, 0.0)):
+        for variant, probs, cuts in (("predicted", class_probs, (frame_threshold, threshold)),
+                                     ("true_class", true, (frame_threshold, threshold)),
+                                     ("true_class_no_threshold", true, (0.0, 0.0))):
             f, t = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, probs, scale_xy=scale,
-                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cut,
-                                       actionness_window=window)
+                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cuts[0],
+                                       actionness_window=window, tube_min_actionness=cuts[1])
             docs[variant]["frame_detections"] += f
             docs[variant]["tube_detections"] += t
         # the box of every ground-truth frame, as if its actionness passed the threshold
@@ -126,7 +130,7 @@ def diagnose(run: Path, cycle: int) -> dict:
     return {
         "run": str(run), "cycle": cycle, "labelled_frames": record["labelled_frames"],
         "video_accuracy": float(np.mean(hits)), "misclassified": misclassified,
-        "actionness_threshold": threshold,
+        "actionness_threshold": threshold, "frame_actionness_threshold": frame_threshold,
         "mask_threshold": mask_threshold,
         "box_iou_mean": float(ious.mean()), "box_iou_ge_0.5": float((ious >= 0.5).mean()),
         "box_iou_by_threshold": {str(t): float(m) for t, m in zip(THRESHOLDS, by_threshold[:, 1:].mean(0))},

@@ -15,8 +15,8 @@ to evaluate such a run with today's defaults, set them.
         --set evaluation.actionness_window=3
 
 Last line of output: JSON {"runs": [{"run", "cycle", "evaluation", "frame_map@0.5", "video_map@0.5",
-"video_accuracy", "actionness_threshold", "recorded": {"frame_map@0.5", "video_map@0.5",
-"video_accuracy"}}, ...]}: "recorded" is what the run's own evaluation wrote.
+"video_accuracy", "actionness_threshold", "frame_actionness_threshold", "recorded": {"frame_map@0.5",
+"video_map@0.5", "video_accuracy"}}, ...]}: "recorded" is what the run's own evaluation wrote.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def reevaluate(run: Path, cycle: int, overrides: list[str]) -> dict:
     return {"run": str(run), "cycle": cycle, "evaluation": record["evaluation"],
             **{m: metric_value(record, m) for m in METRICS}, "video_accuracy": record["video_accuracy"],
             "actionness_threshold": record["actionness_threshold"],
+            "frame_actionness_threshold": record["frame_actionness_threshold"],
             "recorded": {**{m: metric_value(recorded, m) if recorded else None for m in METRICS},
                          "video_accuracy": recorded.get("video_accuracy")}}
 

@@ -135,9 +135,9 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
 
 def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> dict:
     """The metrics record of the cycle's detector on the test split (ACT protocol), predicted as
-    `evaluation` says. The actionness threshold below which a frame gets no detection and the foreground
-    threshold of its box are set first, on the labelled frames of `store` (never on the test split), and
-    recorded with the metrics."""
+    `evaluation` says. The actionness thresholds below which a frame gets no frame detection and is left
+    out of the tubes, and the foreground threshold of its box, are set first, on the labelled frames of
+    `store` (never on the test split), and recorded with the metrics."""
     from raylab.eval.predict import calibrate_detector, predict_dataset, video_accuracy
     from raylab.eval.stad import evaluate_stad
     from raylab.train import MODEL_FILE, load_detector
@@ -150,7 +150,8 @@ def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) ->
     calibration = calibrate_detector(model, data.train, store.to_pandas(), data.root, c.length, size,
                                      batch=c.batch_size, stride=c.stride,
                                      actionness_window=cfg.evaluation.actionness_window,
-                                     flip=cfg.evaluation.flip)
+                                     flip=cfg.evaluation.flip,
+                                     frame_actionness=cfg.evaluation.frame_actionness)
     doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
                           data.root, c.length, size, batch=c.batch_size, calibration=calibration,
                           stride=c.stride)
@@ -161,6 +162,7 @@ def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) ->
             "clicks_fraction": store.cost() / max(total_clicks(cfg, data), TOLERANCE),
             "metrics": {"frame_map": metrics["frame_map"], "video_map": metrics["video_map"]},
             "video_accuracy": video_accuracy(doc, test), "actionness_threshold": calibration.min_actionness,
+            "frame_actionness_threshold": calibration.frame_min_actionness,
             "mask_threshold": calibration.mask_threshold, "evaluation": asdict(cfg.evaluation),
             "train_history": [json.loads(line) for line in history.read_text().splitlines()]
             if history.is_file() else []}

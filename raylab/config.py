@@ -214,21 +214,29 @@ class ScoreConfig:
             raise ConfigError("score.cpus_per_actor must be > 0 and score.gpus_per_actor >= 0")
 
 
+FRAME_ACTIONNESS = ("frame_map", "tube")
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """How ASL's evaluation (and the calibration on labelled training frames before it) turns a
-    detector's clips into per-frame detections (raylab/eval/predict.py). Off by default: measured in
-    docs/RESULTS.md step 19 (f-mAP@0.5 up at every fraction, the 1% : 100% ratio above the benchmark's
-    ceiling on one draw)."""
+    detector's clips into per-frame detections (raylab/eval/predict.py). `flip` and `actionness_window`
+    are off by default: measured in docs/RESULTS.md step 19 (f-mAP@0.5 up at every fraction, the 1% :
+    100% ratio above the benchmark's ceiling on one draw); `frame_actionness` in step 21."""
 
     flip: bool = False  # average each clip's probabilities with those of its mirror image, mirrored back
     actionness_window: int = 1  # a frame gets a detection when the median actionness of this many frames
     #                             centred on it reaches the threshold (odd; 1 = the frame alone)
+    frame_actionness: str = "frame_map"  # the frame detections' actionness threshold: the best frame-mAP
+    #   of the labelled training frames ("frame_map"), or the tubes' threshold ("tube", before 2026-12-04)
 
     def __post_init__(self):
         if self.actionness_window < 1 or self.actionness_window % 2 == 0:
             raise ConfigError(f"evaluation.actionness_window must be an odd number >= 1, "
                               f"got {self.actionness_window}")
+        if self.frame_actionness not in FRAME_ACTIONNESS:
+            raise ConfigError(f"evaluation.frame_actionness must be one of {', '.join(FRAME_ACTIONNESS)}, "
+                              f"got {self.frame_actionness!r}")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ ADDED_KEYS = {
     "labels.changed_gaps": "nearest",  # 2026-12-04; before, changed gaps took the nearest label
     "evaluation.flip": False,  # 2026-12-04 (also the default); before, clips were predicted as they are
     "evaluation.actionness_window": 1,  # 2026-12-04 (also the default); before, each frame's own actionness
+    "evaluation.frame_actionness": "tube",  # 2026-12-04; before, frame detections used the tubes' threshold
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from raylab.data.rle import rle_encode
 from raylab.eval.masks import actionness, best_mask_threshold, calibrate_actionness, component_box_ious
+from raylab.eval.predict import calibrate_frame_actionness
 from raylab.eval.stad import (
     StadFormatError,
     evaluate_stad,
@@ -296,6 +297,54 @@ def test_calibrate_actionness_separates_actor_frames_on_labelled_frames():
     assert calibrate_actionness([0.5, 0.7], [True, True]) == 0.0  # no negative: detect everywhere
     assert calibrate_actionness([0.5, 0.7], [False, False]) == 0.0
 
+
+
+def test_frame_detections_and_tubes_have_their_own_actionness_gate():
+    """Frame detections on the frames reaching `min_actionness`, the tube over those reaching
+    `tube_min_actionness` (by default the same gate), scored by the mean of its own frames."""
+    fg = np.zeros((3, 8, 8))
+    fg[:, 2:5, 2:5] = [[[0.9]], [[0.6]], [[0.3]]]  # actionness 0.9, 0.6, 0.3
+    fds, tds = masks_to_detections("v", np.arange(3), fg, np.array([1.0]), threshold=0.2, min_actionness=0.5,
+                                   tube_min_actionness=0.8)
+    assert [d["frame"] for d in fds] == [1, 2]
+    assert [b[0] for b in tds[0]["boxes"]] == [1] and tds[0]["score"] == pytest.approx(0.9)
+    fds, tds = masks_to_detections("v", np.arange(3), fg, np.array([1.0]), threshold=0.2, min_actionness=0.8,
+                                   tube_min_actionness=0.2)
+    assert [d["frame"] for d in fds] == [1]
+    assert [b[0] for b in tds[0]["boxes"]] == [1, 2, 3] and tds[0]["score"] == pytest.approx(0.6)
+    same = masks_to_detections("v", np.arange(3), fg, np.array([1.0]), threshold=0.2, min_actionness=0.5)
+    assert same == masks_to_detections("v", np.arange(3), fg, np.array([1.0]), threshold=0.2,
+                                       min_actionness=0.5, tube_min_actionness=0.5)
+
+
+def _labelled_frames(actionness_values, fg_means, actor):
+    """Labelled frames of one class for calibrate_frame_actionness: each with a box at [0, 0, 10, 10],
+    the actor frames' target on it."""
+    n = len(actionness_values)
+    box = np.array([0.0, 0.0, 10.0, 10.0])
+    targets = [box[None] if a else np.zeros((0, 4)) for a in actor]
+    return (np.array(actionness_values), np.ones(n, bool), np.tile(box, (n, 1)), np.array(fg_means),
+            np.ones((n, 1)), targets, [np.zeros(len(t), np.int64) for t in targets])
+
+
+def test_frame_actionness_keeps_a_weak_actor_when_the_frames_without_one_rank_below_it():
+    """Frame-mAP ranks detections by score: frames without an actor whose detections score below every
+    actor's cost no precision, so the threshold keeps the weak actor (0.4), where balanced accuracy
+    (`calibrate_actionness`) cuts it off with the negatives above it."""
+    frames = _labelled_frames([0.95, 0.9, 0.4, 0.6, 0.7], [0.9, 0.8, 0.7, 0.2, 0.3], [1, 1, 1, 0, 0])
+    assert calibrate_actionness(frames[0], [1, 1, 1, 0, 0]) == pytest.approx(0.8)
+    assert calibrate_frame_actionness(*frames) == 0.0
+
+
+def test_frame_actionness_drops_frames_without_an_actor_whose_detections_outscore_the_actors():
+    """Confident detections on frames without an actor (score 0.95) but low actionness: the threshold
+    falls between their actionness and the actors', the highest cut of the best frame-mAP."""
+    frames = _labelled_frames([0.9, 0.85, 0.3, 0.2], [0.6, 0.5, 0.95, 0.95], [1, 1, 0, 0])
+    assert calibrate_frame_actionness(*frames) == pytest.approx((0.3 + 0.85) / 2)
+    no_actor = _labelled_frames([0.9, 0.2], [0.6, 0.9], [0, 0])
+    assert calibrate_frame_actionness(*no_actor) == 0.0
+    many = _labelled_frames(np.linspace(0.5, 1.0, 200), np.full(200, 0.5), np.ones(200, bool))
+    assert calibrate_frame_actionness(*many, candidates=8) == 0.0  # every frame an actor: keep them all
 
 # ---- file and errors ------------------------------------------------------------------------------
 

@@ -74,15 +74,18 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path
 
 
 def test_a_run_made_before_the_evaluation_section_is_evaluated_as_it_was(tmp_path):
-    """A config.yaml saved without `evaluation` (runs made before 2026-12-04) predicts clips unmirrored
-    and calls each frame by its own actionness, as its earlier cycles were evaluated, whatever the
-    defaults are; a run that saved the section keeps its own values."""
+    """A config.yaml saved without `evaluation` (runs made before 2026-12-04) predicts clips unmirrored,
+    calls each frame by its own actionness and gates frame detections by the tubes' threshold, as its
+    earlier cycles were evaluated, whatever the defaults are; a run that saved the section keeps its own
+    values."""
     saved = to_yaml(load_config(SMOKE, ["evaluation.flip=true", "evaluation.actionness_window=3"]))
-    section = "evaluation:\n  flip: true\n  actionness_window: 3\n"
+    section = "evaluation:\n  flip: true\n  actionness_window: 3\n  frame_actionness: frame_map\n"
     assert section in saved
     write_atomic(tmp_path / "config.yaml", saved.replace(section, ""))
     old = run_config(tmp_path).evaluation
-    assert (old.flip, old.actionness_window) == (False, 1)
+    assert (old.flip, old.actionness_window, old.frame_actionness) == (False, 1, "tube")
+    write_atomic(tmp_path / "config.yaml", saved.replace("  frame_actionness: frame_map\n", ""))
+    assert run_config(tmp_path).evaluation.frame_actionness == "tube"  # made between the two changes
     write_atomic(tmp_path / "config.yaml", saved)
     assert run_config(tmp_path).evaluation.actionness_window == 3
 

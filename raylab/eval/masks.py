@@ -161,6 +161,7 @@ def masks_to_detections(
     top_k: int = 1,
     min_actionness: float = 0.0,
     actionness_window: int = 1,
+    tube_min_actionness: float | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Turn a video's predicted foreground masks into frame detections and tubes for evaluate_stad.
 
@@ -169,10 +170,13 @@ def masks_to_detections(
     [c_first * sx, r_first * sy, (c_last + 1) * sx, (r_last + 1) * sy]: the convention in which targets
     are rendered from boxes (pixels whose centre lies in [x1, x2), data/targets.py), so a detector
     trained on a dataset's boxes gives boxes in that dataset's own numbers, whichever convention its
-    annotations use. A frame whose `actionness` is below `min_actionness` gets no detection. The frame
-    score for class c is class_prob[c] times the mean foreground probability inside the component. One
-    tube per video for each of the top_k classes (by mean class probability), over the frames that have
-    a box; its score is the mean of its frame scores.
+    annotations use. A frame whose `actionness` is below `min_actionness` gets no frame detection. The
+    frame score for class c is class_prob[c] times the mean foreground probability inside the component.
+    One tube per video for each of the top_k classes (by mean class probability), over the frames that
+    have a box and whose actionness reaches `tube_min_actionness` (default: `min_actionness`); its score
+    is the mean of those frames' scores. Two gates, because the metrics differ: frame-mAP ranks every
+    frame detection by its score, so a low-scored detection on a frame without an actor costs less than
+    a dropped actor frame, while a tube's frames are its temporal extent, with no score per frame.
 
     Args:
         video: video name.
@@ -182,8 +186,10 @@ def masks_to_detections(
         scale_xy: (sx, sy), original width / mask width and original height / mask height.
         threshold: foreground threshold.
         top_k: number of classes that get detections.
-        min_actionness: frames below it have no actor (`calibrate_actionness` sets it on training frames).
-        actionness_window: frames whose median actionness is compared with it (`actionness`).
+        min_actionness: frames below it get no frame detection (`predict.calibrate_detector` sets it on
+            training frames).
+        actionness_window: frames whose median actionness is compared with the gates (`actionness`).
+        tube_min_actionness: frames below it are left out of the tubes (None: `min_actionness`).
 
     Returns:
         (frame_detections, tube_detections) as in the evaluation JSON, frames 1-based.
@@ -192,22 +198,23 @@ def masks_to_detections(
     frames = np.asarray(frames, np.int64)
     t = len(fg)
     probs = np.broadcast_to(np.asarray(class_probs, np.float64), (t, np.shape(class_probs)[-1]))  # [T, C]
-    acting = actionness(fg, actionness_window) >= min_actionness
-    has, box, fg_mean = component_boxes(fg, threshold, scale_xy, acting)
-    x1, y1, x2, y2 = box.T
+    tube_min_actionness = min_actionness if tube_min_actionness is None else tube_min_actionness
+    score = actionness(fg, actionness_window)
+    has, box, fg_mean = component_boxes(fg, threshold, scale_xy,
+                                        score >= min(min_actionness, tube_min_actionness))
+    boxes = [[float(v) for v in b] for b in box]
     classes = np.argsort(-probs.mean(axis=0), kind="stable")[:top_k]
     frame_dets, tube_dets = [], []
-    idx = np.flatnonzero(has)
+    in_frames = np.flatnonzero(has & (score >= min_actionness))
+    in_tube = np.flatnonzero(has & (score >= tube_min_actionness))
     for c in classes:
-        scores = probs[idx, c] * fg_mean[idx]
-        boxes = [[float(x1[i]), float(y1[i]), float(x2[i]), float(y2[i])] for i in idx]
-        frame_dets += [
-            {"video": video, "frame": int(frames[i]) + 1, "label": int(c), "score": float(s), "box": b}
-            for i, s, b in zip(idx, scores, boxes)
-        ]
-        if idx.size:
-            tube = [[int(frames[i]) + 1, *b] for i, b in zip(idx, boxes)]
-            tube_dets.append({"video": video, "label": int(c), "score": float(scores.mean()), "boxes": tube})
+        scores = probs[:, c] * fg_mean
+        frame_dets += [{"video": video, "frame": int(frames[i]) + 1, "label": int(c),
+                        "score": float(scores[i]), "box": boxes[i]} for i in in_frames]
+        if in_tube.size:
+            tube = [[int(frames[i]) + 1, *boxes[i]] for i in in_tube]
+            tube_dets.append({"video": video, "label": int(c), "score": float(scores[in_tube].mean()),
+                              "boxes": tube})
     return frame_dets, tube_dets
 
 
@@ -236,22 +243,31 @@ def calibrate_actionness(scores: np.ndarray, has_actor: np.ndarray) -> float:
     return float(np.nextafter(s[-1], np.inf)) if k == len(s) else float((s[k - 1] + s[k]) / 2)
 
 
+def best_target_ious(has: np.ndarray, boxes: np.ndarray, targets: list) -> np.ndarray:
+    """float [T]: the IoU (ACT's +1 pixel) of each frame's box (`component_boxes`) with the target box
+    it overlaps most; 0 where the frame has no box or no target.
+
+    Args:
+        has: bool [T]; boxes: float [T, 4]; targets: T arrays [K, 4] of (x1, y1, x2, y2) (K may be 0).
+    """
+    out = np.zeros(len(has))
+    for i, target in enumerate(targets):
+        target = np.asarray(target, np.float64).reshape(-1, 4)
+        if has[i] and len(target):
+            out[i] = iou2d_pairs(np.broadcast_to(boxes[i], target.shape), target).max()
+    return out
+
+
 def component_box_ious(fg_prob: np.ndarray, targets: list, scale_xy=(1.0, 1.0),
                        thresholds=(0.5,)) -> np.ndarray:
-    """float [T, len(thresholds)]: the IoU (ACT's +1 pixel) of each frame's `component_boxes` box at
-    each threshold with the target box it overlaps most; 0 where the frame has no box.
+    """float [T, len(thresholds)]: `best_target_ious` of each frame's `component_boxes` box at each
+    threshold.
 
     Args:
         fg_prob: float [T, H, W]; targets: T arrays [K, 4] of (x1, y1, x2, y2), at least one box each.
     """
-    out = np.zeros((len(fg_prob), len(thresholds)))
-    for j, threshold in enumerate(thresholds):
-        has, boxes, _ = component_boxes(fg_prob, threshold, scale_xy)
-        for i, target in enumerate(targets):
-            if has[i]:
-                target = np.asarray(target, np.float64).reshape(-1, 4)
-                out[i, j] = iou2d_pairs(np.broadcast_to(boxes[i], target.shape), target).max()
-    return out
+    return np.stack([best_target_ious(*component_boxes(fg_prob, t, scale_xy)[:2], targets)
+                     for t in thresholds], axis=1).reshape(len(fg_prob), len(thresholds))
 
 
 MASK_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.91, 0.05), 2))  # calibration grid

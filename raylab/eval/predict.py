@@ -22,8 +22,9 @@ from raylab.eval.masks import (
     MASK_THRESHOLDS,
     actionness,
     best_mask_threshold,
+    best_target_ious,
     calibrate_actionness,
-    component_box_ious,
+    component_boxes,
     masks_to_detections,
 )
 from raylab.models.detector import clips_to_tensor
@@ -103,47 +104,122 @@ def predict_each_video(model, index: pd.DataFrame, video_root: str | Path, lengt
 @dataclass(frozen=True)
 class Calibration:
     """What turns a detector's foreground probabilities into detections, the thresholds set on labelled
-    training frames (never on the test split): frames whose actionness (the median over
-    `actionness_window` frames, `masks.actionness`) is below `min_actionness` get no detection, and a
-    frame's box is that of the largest component of the pixels >= `mask_threshold`; with `flip` the
-    probabilities are averaged with those of the mirrored clips (`predict_video`). The window and flip
-    are chosen, not calibrated: the calibration frames are predicted as the test frames are."""
+    training frames (never on the test split). A frame's actionness is the median of its highest
+    foreground probability over `actionness_window` frames (`masks.actionness`): a frame below
+    `min_actionness` is left out of the tubes, one below `frame_min_actionness` gets no frame detection
+    (`masks.masks_to_detections`); a frame's box is that of the largest component of the pixels >=
+    `mask_threshold`; with `flip` the probabilities are averaged with those of the mirrored clips
+    (`predict_video`). The window and flip are chosen, not calibrated: the calibration frames are
+    predicted as the test frames are."""
 
     min_actionness: float = 0.0
     mask_threshold: float = 0.5
     actionness_window: int = 1
     flip: bool = False
+    frame_min_actionness: float = 0.0
+
+
+FRAME_MAP_IOU = 0.5  # the frame-mAP the frame detections' actionness threshold is calibrated for (ACT)
+FRAME_CANDIDATES = 64  # at most this many actionness thresholds are tried (`calibrate_frame_actionness`)
+
+
+def calibrate_frame_actionness(scores: np.ndarray, has_box: np.ndarray, boxes: np.ndarray,
+                               fg_mean: np.ndarray, class_probs: np.ndarray, targets: list,
+                               target_labels: list, candidates: int = FRAME_CANDIDATES) -> float:
+    """The actionness threshold for frame detections that gives the highest frame-mAP@0.5 (ACT protocol,
+    `stad.frame_ap`) over labelled (training) frames, each frame scored as `masks.masks_to_detections`
+    scores it (a detection per class, class probability x mean foreground of the component).
+
+    The candidates are 0 (detect on every frame) and the cuts halfway between neighbouring distinct
+    actionness values of the frames with a box, at most `candidates` of them, evenly spaced in rank.
+    Ties go to the higher threshold (fewer detections on frames without an actor). 0.0 when no labelled
+    frame holds an actor.
+
+    Args:
+        scores: float [N] `masks.actionness` of the labelled frames; has_box bool [N], boxes float [N, 4],
+            fg_mean float [N]: `masks.component_boxes` at the calibrated foreground threshold;
+            class_probs: float [N, C] the class probabilities of each frame's video.
+        targets: N arrays [K, 4] of labelled boxes (K = 0: a labelled frame without an actor);
+            target_labels: N int arrays [K], their classes.
+    """
+    from raylab.eval.stad import frame_ap
+
+    scores, has_box = np.asarray(scores, np.float64), np.asarray(has_box, bool)
+    class_probs = np.asarray(class_probs, np.float64)
+    n, n_classes = class_probs.shape
+    sizes = [len(np.asarray(t).reshape(-1, 4)) for t in targets]
+    if not sum(sizes):
+        return 0.0
+    gt_frame = np.repeat(np.arange(n), sizes)
+    gt = {"video": gt_frame, "frame": np.zeros_like(gt_frame),
+          "label": np.concatenate([np.asarray(lab, np.int64).reshape(-1) for lab in target_labels]),
+          "box": np.concatenate([np.asarray(t, np.float64).reshape(-1, 4) for t in targets])}
+    held = np.flatnonzero(has_box)  # a detection per class on every frame with a box
+    det_frame = np.repeat(held, n_classes)
+    dets = {"video": det_frame, "frame": np.zeros_like(det_frame),
+            "label": np.tile(np.arange(n_classes), held.size),
+            "box": np.asarray(boxes, np.float64).reshape(-1, 4)[det_frame],
+            "score": (class_probs[held] * np.asarray(fg_mean, np.float64)[held, None]).ravel()}
+    distinct = np.unique(scores[held])
+    cuts = (distinct[1:] + distinct[:-1]) / 2
+    if cuts.size > candidates:
+        cuts = cuts[np.unique(np.linspace(0, cuts.size - 1, candidates).round().astype(int))]
+    best, best_map = 0.0, -np.inf
+    for cut in np.concatenate([[0.0], cuts]):
+        keep = scores[det_frame] >= cut
+        aps = frame_ap(gt, {k: v[keep] for k, v in dets.items()}, n_classes, (FRAME_MAP_IOU,))[FRAME_MAP_IOU]
+        mean = float(np.nanmean(aps))
+        if mean >= best_map - 1e-12:
+            best, best_map = float(cut), mean
+    return best
 
 
 def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_root: str | Path,
                        length: int, size: tuple[int, int], batch: int = 8, device="cpu",
-                       stride: int = 1, actionness_window: int = 1, flip: bool = False) -> Calibration:
-    """`model`'s actionness threshold (`masks.calibrate_actionness`) and foreground threshold
-    (`masks.best_mask_threshold`: the best mean box IoU of the labelled actor frames), set on labelled
-    training frames.
+                       stride: int = 1, actionness_window: int = 1, flip: bool = False,
+                       frame_actionness: str = "frame_map") -> Calibration:
+    """`model`'s thresholds (`Calibration`), set on labelled training frames: the foreground threshold
+    (`masks.best_mask_threshold`: the best mean box IoU of the labelled actor frames), the tubes'
+    actionness threshold (`masks.calibrate_actionness`: the best balanced accuracy of "has an actor"),
+    and the frame detections' (`calibrate_frame_actionness`: the best frame-mAP of the labelled frames;
+    with `frame_actionness` "tube", the tubes' threshold, as before 2026-12-04).
 
     Args:
         index: the videos that hold the labelled frames.
-        labels: label-store rows (video_id, frame, boxes): a frame with no box is a labelled negative.
+        labels: label-store rows (video_id, frame, boxes, box_labels): a frame with no box is a
+            labelled negative.
         stride: the clips' frame step (`predict_each_video`).
         actionness_window, flip: how frames are predicted and called (`Calibration`).
     """
     by_video = dict(tuple(labels.groupby("video_id")))
-    scores, has_actor, box_ious = [], [], []
-    for row, fg, _ in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root, length,
-                                         size, batch, device, stride, flip):
+    scores, targets, target_labels, class_probs = [], [], [], []
+    components = [[] for _ in MASK_THRESHOLDS]  # per foreground threshold: (has, boxes, fg_mean) per video
+    for row, fg, video_probs in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root,
+                                                   length, size, batch, device, stride, flip):
         rows = by_video[row.video_id]
         marks = rows["frame"].to_numpy(np.int64)
-        frames = fg[marks]
         scores.append(actionness(fg, actionness_window)[marks])  # the window reaches unlabelled neighbours
-        actor = np.array([len(b) > 0 for b in rows["boxes"]], dtype=bool)
-        has_actor.append(actor)
-        box_ious.append(component_box_ious(frames[actor], [np.stack(b) for b in rows["boxes"][actor]],
-                                           (row.width / size[1], row.height / size[0]), MASK_THRESHOLDS))
+        targets += [np.stack(b).astype(np.float64) if len(b) else np.zeros((0, 4)) for b in rows["boxes"]]
+        target_labels += [np.asarray(b, np.int64) for b in rows["box_labels"]]
+        class_probs.append(np.broadcast_to(video_probs, (len(marks), len(video_probs))))
+        for found, t in zip(components, MASK_THRESHOLDS):
+            found.append(component_boxes(fg[marks], t, (row.width / size[1], row.height / size[0])))
     if not scores:
         return Calibration(actionness_window=actionness_window, flip=flip)
-    return Calibration(calibrate_actionness(np.concatenate(scores), np.concatenate(has_actor)),
-                       best_mask_threshold(np.concatenate(box_ious)), actionness_window, flip)
+    scores = np.concatenate(scores)
+    has_actor = np.array([len(t) > 0 for t in targets], bool)
+    found = [[np.concatenate(parts) for parts in zip(*per_video)] for per_video in components]
+    actor_targets = [t for t in targets if len(t)]
+    box_ious = np.stack([best_target_ious(has[has_actor], boxes[has_actor], actor_targets)
+                         for has, boxes, _ in found], axis=1)
+    mask_threshold = best_mask_threshold(box_ious)
+    tubes = calibrate_actionness(scores, has_actor)
+    frames = tubes
+    if frame_actionness == "frame_map":
+        has, boxes, fg_mean = found[MASK_THRESHOLDS.index(mask_threshold)]
+        frames = calibrate_frame_actionness(scores, has, boxes, fg_mean, np.concatenate(class_probs), targets,
+                                            target_labels)
+    return Calibration(tubes, mask_threshold, actionness_window, flip, frames)
 
 
 def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
@@ -167,8 +243,9 @@ def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[
         frame_dets, tube_dets = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, class_probs,
                                                     scale_xy=scale, threshold=calibration.mask_threshold,
                                                     top_k=len(classes),
-                                                    min_actionness=calibration.min_actionness,
-                                                    actionness_window=calibration.actionness_window)
+                                                    min_actionness=calibration.frame_min_actionness,
+                                                    actionness_window=calibration.actionness_window,
+                                                    tube_min_actionness=calibration.min_actionness)
         doc["frame_detections"] += frame_dets
         doc["tube_detections"] += tube_dets
     return doc
