@@ -298,7 +298,6 @@ def test_calibrate_actionness_separates_actor_frames_on_labelled_frames():
     assert calibrate_actionness([0.5, 0.7], [False, False]) == 0.0
 
 
-
 def test_frame_detections_and_tubes_have_their_own_actionness_gate():
     """Frame detections on the frames reaching `min_actionness`, the tube over those reaching
     `tube_min_actionness` (by default the same gate), scored by the mean of its own frames."""
