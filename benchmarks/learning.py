@@ -4,15 +4,16 @@ For each SynthActions seed (`data.synth_seed`: another data set), labelled fract
 ASL Sec. 4: that share of each training video's frames) and run seed (which frames, initial weights,
 clip order), one whole cycle of the default pipeline (raylab's defaults: small SynthActions, the small
 detector, every cycle trained on at least `train.min_clips` clips) — train, calibrate the actionness
-threshold on the labelled training frames, evaluate on the test split — runs with `ray.in_process` (the
+thresholds on the labelled training frames, evaluate on the test split — runs with `ray.in_process` (the
 same steps as `raylab run`, without starting Ray: the numbers do not depend on it). Reports f-mAP@0.5,
 v-mAP@0.5, video accuracy and training seconds per run, and the mean and spread per fraction.
 
     python -m benchmarks.learning                                  # the issue's grid (1-2 hours on 2 cores)
     python -m benchmarks.learning --fractions 0.01 --seeds 0 --synth-seeds 0          # one run
 
-Last line of output: JSON {"runs": [{"synth_seed", "fraction", "seed", "frame_map@0.5",
-"video_map@0.5", "video_accuracy", "train_s"}, ...], "summary": {fraction: {metric: [mean, std, n]}}}.
+Last line of output: JSON {"runs": [{"synth_seed", "fraction", "seed", "labelled_frames", "frame_map@0.5",
+"video_map@0.5", "video_accuracy", "actionness_threshold", "frame_actionness_threshold", "train_s",
+"evaluate_s"}, ...], "summary": {fraction: {metric: [mean, std, n]}}}.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def one_run(pipeline: str, synth_dir: Path, run_dir: Path, synth_seed: int, frac
             "video_map@0.5": metric_value(record, "video_map@0.5"),
             "video_accuracy": record["video_accuracy"],
             "actionness_threshold": record["actionness_threshold"],
+            "frame_actionness_threshold": record["frame_actionness_threshold"],
             "train_s": seconds["train"], "evaluate_s": seconds["evaluate"]}
 
 
