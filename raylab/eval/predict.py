@@ -27,6 +27,7 @@ from raylab.eval.masks import (
     component_boxes,
     masks_to_detections,
 )
+from raylab.eval.stad import frame_ap
 from raylab.models.detector import clips_to_tensor
 
 
@@ -142,8 +143,6 @@ def calibrate_frame_actionness(scores: np.ndarray, has_box: np.ndarray, boxes: n
         targets: N arrays [K, 4] of labelled boxes (K = 0: a labelled frame without an actor);
             target_labels: N int arrays [K], their classes.
     """
-    from raylab.eval.stad import frame_ap
-
     scores, has_box = np.asarray(scores, np.float64), np.asarray(has_box, bool)
     class_probs = np.asarray(class_probs, np.float64)
     n, n_classes = class_probs.shape
