@@ -151,7 +151,8 @@ def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) ->
                                      batch=c.batch_size, stride=c.stride,
                                      actionness_window=cfg.evaluation.actionness_window,
                                      flip=cfg.evaluation.flip,
-                                     frame_actionness=cfg.evaluation.frame_actionness)
+                                     frame_actionness=cfg.evaluation.frame_actionness,
+                                     class_pooling=cfg.evaluation.class_pooling)
     doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
                           data.root, c.length, size, batch=c.batch_size, calibration=calibration,
                           stride=c.stride)

@@ -215,6 +215,7 @@ class ScoreConfig:
 
 
 FRAME_ACTIONNESS = ("frame_map", "tube")
+CLASS_POOLING = ("mean", "max")  # how a video's class probabilities come from its clips' (eval.predict)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ class EvaluationConfig:
     #                             centred on it reaches the threshold (odd; 1 = the frame alone)
     frame_actionness: str = "frame_map"  # the frame detections' actionness threshold: the best frame-mAP
     #   of the labelled training frames ("frame_map"), or the tubes' threshold ("tube", before 2026-12-04)
+    class_pooling: str = "mean"  # a video's class probabilities: the mean of its clips' ("mean"), or each
+    #   class's highest clip probability, normalised to sum 1 ("max")
 
     def __post_init__(self):
         if self.actionness_window < 1 or self.actionness_window % 2 == 0:
@@ -237,6 +240,9 @@ class EvaluationConfig:
         if self.frame_actionness not in FRAME_ACTIONNESS:
             raise ConfigError(f"evaluation.frame_actionness must be one of {', '.join(FRAME_ACTIONNESS)}, "
                               f"got {self.frame_actionness!r}")
+        if self.class_pooling not in CLASS_POOLING:
+            raise ConfigError(f"evaluation.class_pooling must be one of {', '.join(CLASS_POOLING)}, "
+                              f"got {self.class_pooling!r}")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ ADDED_KEYS = {
     "evaluation.flip": False,  # 2026-12-04 (also the default); before, clips were predicted as they are
     "evaluation.actionness_window": 1,  # 2026-12-04 (also the default); before, each frame's own actionness
     "evaluation.frame_actionness": "tube",  # 2026-12-04; before, frame detections used the tubes' threshold
+    "evaluation.class_pooling": "mean",  # 2026-12-04 (also the default); before, always the clips' mean
 }
 
 

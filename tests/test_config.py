@@ -32,6 +32,8 @@ def test_yaml_overrides_and_set(tmp_path):
         ("evaluation:\n  actionness_window: 2\n", "evaluation.actionness_window must be an odd number"),
         ("evaluation:\n  frame_actionness: youden\n",
          "evaluation.frame_actionness must be one of frame_map, tube"),
+        ("evaluation:\n  class_pooling: vote\n",
+         "evaluation.class_pooling must be one of mean, max"),
         ("train:\n  lr_schedule: step\n", "train.lr_schedule must be one of constant, cosine"),
         ("train:\n  crop_scale: 0\n", "train.crop_scale must be in \\(0, 1\\]"),
         ("data:\n  synth_videos: -1\n", "data.synth_videos must be >= 0"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raylab.data.video import write_video
-from raylab.eval.predict import predict_each_video
+from raylab.eval.predict import predict_each_video, video_class_probs
 from tests.conftest import blob_frames
 
 
@@ -86,3 +86,15 @@ def test_a_frame_held_by_two_clips_takes_the_mean_of_both(tmp_path):
     assert fg[5, 0, 0] == pytest.approx(sigmoid(1.0), abs=1e-5)  # in one clip only
     assert fg[6, 0, 0] == pytest.approx((sigmoid(2.0) + sigmoid(0.0)) / 2, abs=1e-5)
     assert fg[9, 0, 0] == pytest.approx(sigmoid(3.0), abs=1e-5)
+
+
+def test_video_class_probabilities_pool_the_clips_by_mean_or_by_each_class_s_peak():
+    clips = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    assert np.allclose(video_class_probs(clips), [1.4 / 3, 1.1 / 3, 0.5 / 3])
+    # the mean follows three clips that lean to class 0; the peaks, the one clip sure of class 1
+    leaning = np.array([[0.8, 0.2], [0.8, 0.2], [0.8, 0.2], [0.05, 0.95]])
+    assert np.argmax(video_class_probs(leaning)) == 0
+    peaks = video_class_probs(leaning, "max")
+    assert np.argmax(peaks) == 1 and np.allclose(peaks, [0.8 / 1.75, 0.95 / 1.75])
+    with pytest.raises(ValueError, match="class pooling must be one of mean, max"):
+        video_class_probs(clips, "median")

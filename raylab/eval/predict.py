@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from raylab.config import CLASS_POOLING
 from raylab.data.clips import tile_clips
 from raylab.data.stream import clip_table, decode_clips
 from raylab.eval.masks import (
@@ -31,15 +32,28 @@ from raylab.eval.stad import frame_ap
 from raylab.models.detector import clips_to_tensor
 
 
+def video_class_probs(clip_probs: np.ndarray, pooling: str = "mean") -> np.ndarray:
+    """A video's class probabilities [C] from those of its clips [K, C]: their mean ("mean"), or each
+    class's highest clip probability, divided by their sum ("max": the video is of the class that one of
+    its clips shows most surely)."""
+    if pooling == "mean":
+        return clip_probs.mean(axis=0)
+    if pooling == "max":
+        peak = clip_probs.max(axis=0)
+        return peak / peak.sum()
+    raise ValueError(f"class pooling must be one of {', '.join(CLASS_POOLING)}, got {pooling!r}")
+
+
 @torch.no_grad()
 def predict_video(model, table, size: tuple[int, int], num_frames: int, batch: int, device,
-                  flip: bool = False) -> tuple:
-    """Foreground probabilities [N, H, W] of every frame and mean class probabilities [C] of one video.
+                  flip: bool = False, class_pooling: str = "mean") -> tuple:
+    """Foreground probabilities [N, H, W] of every frame and the class probabilities [C] of one video.
 
     A frame's probabilities are the mean over every clip of `table` that holds it (the dense tiling's
     last clip of a phase overlaps the one before it, and a short phase repeats its last frame), and with
     `flip` over each clip's mirror image as well, mirrored back: test-time augmentation with the
-    mirroring training uses (`train.flip`); the class probabilities are averaged over the same views.
+    mirroring training uses (`train.flip`); the class probabilities are pooled over the same views
+    (`video_class_probs` with `class_pooling`).
 
     Args:
         table: the video's clip table (`stream.clip_table` of its dense tiling).
@@ -61,7 +75,8 @@ def predict_video(model, table, size: tuple[int, int], num_frames: int, batch: i
             np.add.at(fg, frames, p)
             np.add.at(views, frames, 1.0)
         class_probs.append(out["class_probs"].float().cpu().numpy())
-    return fg / np.maximum(views, 1.0)[:, None, None], np.concatenate(class_probs).mean(axis=0)
+    video_probs = video_class_probs(np.concatenate(class_probs), class_pooling)
+    return fg / np.maximum(views, 1.0)[:, None, None], video_probs
 
 
 def video_accuracy(doc: dict, index: pd.DataFrame) -> float:
@@ -89,17 +104,19 @@ def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[s
 
 
 def predict_each_video(model, index: pd.DataFrame, video_root: str | Path, length: int,
-                       size: tuple[int, int], batch: int, device, stride: int = 1, flip: bool = False):
+                       size: tuple[int, int], batch: int, device, stride: int = 1, flip: bool = False,
+                       class_pooling: str = "mean"):
     """(index row, foreground probabilities, class probabilities) of every video of `index`, in order.
 
     `stride`: the step between a clip's frames, as in training (`clips.stride`): the detector sees the
     motion at the speed it learned it; each phase of the tiling predicts its own frames. `flip`: average
-    with the mirror images (`predict_video`)."""
+    with the mirror images, `class_pooling`: how the clips' class probabilities make the video's
+    (`predict_video`)."""
     model.eval()
     for row in index.itertuples(index=False):
         clips = tile_clips(pd.DataFrame([row._asdict()]), length, stride)
         table = clip_table(clips, index, video_root)
-        yield row, *predict_video(model, table, size, int(row.num_frames), batch, device, flip)
+        yield row, *predict_video(model, table, size, int(row.num_frames), batch, device, flip, class_pooling)
 
 
 @dataclass(frozen=True)
@@ -109,15 +126,17 @@ class Calibration:
     foreground probability over `actionness_window` frames (`masks.actionness`): a frame below
     `min_actionness` is left out of the tubes, one below `frame_min_actionness` gets no frame detection
     (`masks.masks_to_detections`); a frame's box is that of the largest component of the pixels >=
-    `mask_threshold`; with `flip` the probabilities are averaged with those of the mirrored clips
-    (`predict_video`). The window and flip are chosen, not calibrated: the calibration frames are
-    predicted as the test frames are."""
+    `mask_threshold`; with `flip` the probabilities are averaged with those of the mirrored clips, and
+    `class_pooling` makes the video's class probabilities from its clips' (`predict_video`). The window,
+    flip and pooling are chosen, not calibrated: the calibration frames are predicted as the test frames
+    are."""
 
     min_actionness: float = 0.0
     mask_threshold: float = 0.5
     actionness_window: int = 1
     flip: bool = False
     frame_min_actionness: float = 0.0
+    class_pooling: str = "mean"
 
 
 FRAME_MAP_IOU = 0.5  # the frame-mAP the frame detections' actionness threshold is calibrated for (ACT)
@@ -176,7 +195,7 @@ def calibrate_frame_actionness(scores: np.ndarray, has_box: np.ndarray, boxes: n
 def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_root: str | Path,
                        length: int, size: tuple[int, int], batch: int = 8, device="cpu",
                        stride: int = 1, actionness_window: int = 1, flip: bool = False,
-                       frame_actionness: str = "frame_map") -> Calibration:
+                       frame_actionness: str = "frame_map", class_pooling: str = "mean") -> Calibration:
     """`model`'s thresholds (`Calibration`), set on labelled training frames: the foreground threshold
     (`masks.best_mask_threshold`: the best mean box IoU of the labelled actor frames), the tubes'
     actionness threshold (`masks.calibrate_actionness`: the best balanced accuracy of "has an actor"),
@@ -188,13 +207,13 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
         labels: label-store rows (video_id, frame, boxes, box_labels): a frame with no box is a
             labelled negative.
         stride: the clips' frame step (`predict_each_video`).
-        actionness_window, flip: how frames are predicted and called (`Calibration`).
+        actionness_window, flip, class_pooling: how frames are predicted and called (`Calibration`).
     """
     by_video = dict(tuple(labels.groupby("video_id")))
     scores, targets, target_labels, class_probs = [], [], [], []
     components = [[] for _ in MASK_THRESHOLDS]  # per foreground threshold: (has, boxes, fg_mean) per video
     for row, fg, video_probs in predict_each_video(model, index[index["video_id"].isin(by_video)], video_root,
-                                                   length, size, batch, device, stride, flip):
+                                                   length, size, batch, device, stride, flip, class_pooling):
         rows = by_video[row.video_id]
         marks = rows["frame"].to_numpy(np.int64)
         scores.append(actionness(fg, actionness_window)[marks])  # the window reaches unlabelled neighbours
@@ -204,7 +223,7 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
         for found, t in zip(components, MASK_THRESHOLDS):
             found.append(component_boxes(fg[marks], t, (row.width / size[1], row.height / size[0])))
     if not scores:
-        return Calibration(actionness_window=actionness_window, flip=flip)
+        return Calibration(actionness_window=actionness_window, flip=flip, class_pooling=class_pooling)
     scores = np.concatenate(scores)
     has_actor = np.array([len(t) > 0 for t in targets], bool)
     found = [[np.concatenate(parts) for parts in zip(*per_video)] for per_video in components]
@@ -218,14 +237,14 @@ def calibrate_detector(model, index: pd.DataFrame, labels: pd.DataFrame, video_r
         has, boxes, fg_mean = found[MASK_THRESHOLDS.index(mask_threshold)]
         frames = calibrate_frame_actionness(scores, has, boxes, fg_mean, np.concatenate(class_probs), targets,
                                             target_labels)
-    return Calibration(tubes, mask_threshold, actionness_window, flip, frames)
+    return Calibration(tubes, mask_threshold, actionness_window, flip, frames, class_pooling)
 
 
 def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[str], video_root: str | Path,
                     length: int, size: tuple[int, int], batch: int = 8, device="cpu",
                     calibration: Calibration = Calibration(), stride: int = 1) -> dict:
     """Predict every video of `index` and return the full evaluation document (see docs/evaluation.md),
-    plus "predicted_classes": {video_id: the class of the highest mean clip probability}.
+    plus "predicted_classes": {video_id: the class of the highest video class probability}.
 
     `calibration`: how frames are predicted and the actionness and foreground thresholds
     (`calibrate_detector` sets them on training frames; the default detects on every frame, with pixels
@@ -234,7 +253,7 @@ def predict_dataset(model, index: pd.DataFrame, gt: pd.DataFrame, classes: list[
     doc = ground_truth_document(index, gt, classes)
     doc["frame_detections"], doc["tube_detections"], doc["predicted_classes"] = [], [], {}
     for row, fg, class_probs in predict_each_video(model, index, video_root, length, size, batch, device,
-                                                   stride, calibration.flip):
+                                                   stride, calibration.flip, calibration.class_pooling):
         doc["predicted_classes"][row.video_id] = int(np.argmax(class_probs))
         scale = (row.width / size[1], row.height / size[0])
         # a scored detection per class, as detectors report them: a misclassified video still ranks
