@@ -79,11 +79,13 @@ def test_a_run_made_before_the_evaluation_section_is_evaluated_as_it_was(tmp_pat
     earlier cycles were evaluated, whatever the defaults are; a run that saved the section keeps its own
     values."""
     saved = to_yaml(load_config(SMOKE, ["evaluation.flip=true", "evaluation.actionness_window=3"]))
-    section = "evaluation:\n  flip: true\n  actionness_window: 3\n  frame_actionness: frame_map\n"
+    section = ("evaluation:\n  flip: true\n  actionness_window: 3\n  frame_actionness: frame_map\n"
+               "  class_pooling: mean\n")
     assert section in saved
     write_atomic(tmp_path / "config.yaml", saved.replace(section, ""))
     old = run_config(tmp_path).evaluation
     assert (old.flip, old.actionness_window, old.frame_actionness) == (False, 1, "tube")
+    assert old.class_pooling == "mean"
     write_atomic(tmp_path / "config.yaml", saved.replace("  frame_actionness: frame_map\n", ""))
     assert run_config(tmp_path).evaluation.frame_actionness == "tube"  # made between the two changes
     write_atomic(tmp_path / "config.yaml", saved)
