@@ -2,7 +2,9 @@
 
 Takes a run directory and a cycle and re-predicts the test split with that cycle's checkpoint, then
 reports what a perfect part would give: the metrics as evaluated, with the true class substituted for
-the predicted class probabilities, and with the true class and no actionness threshold; the box IoU of
+the predicted class probabilities, with the true class and no actionness threshold, with the true
+presence (detections on exactly the frames that have an actor, in place of both actionness thresholds),
+and with the true class and the true presence (what the boxes alone leave); the box IoU of
 the largest connected component (at the run's calibrated foreground threshold) on every ground-truth
 frame, and at other foreground thresholds; how the tubes' actionness threshold (set on labelled
 training frames; frame detections have their own, `frame_actionness_threshold`) splits test frames with
@@ -17,8 +19,8 @@ Last line of output: JSON {"video_accuracy", "misclassified": {video: predicted 
 "box_iou_by_threshold",
 "train_box_iou_by_distance": {"0", "1-3", "4+": [frames, mean IoU]}, "actionness": {"with_actor",
 "without_actor", "with_actor_kept", "without_actor_kept", "labelled_training_frames": {"with_actor",
-"without_actor"}}, "frame_map@0.5": {"predicted", "true_class",
-"true_class_no_threshold"}, "video_map@0.5": {...}}.
+"without_actor"}}, "frame_map@0.5": {"predicted", "true_class", "true_class_no_threshold",
+"true_presence", "true_class_true_presence"}, "video_map@0.5": {...}}.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from raylab.eval.stad import evaluate_stad
 from raylab.rundir import load_run, read_metrics
 from raylab.train import MODEL_FILE, load_detector
 
-VARIANTS = ("predicted", "true_class", "true_class_no_threshold")
+# (class probabilities: the predicted or the true class's; frames: the thresholds' or the true presence)
+VARIANTS = {"predicted": (False, False), "true_class": (True, False), "true_class_no_threshold": (True, None),
+            "true_presence": (False, True), "true_class_true_presence": (True, True)}
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)  # foreground thresholds at which the test boxes are also measured
 DISTANCES = (("0", 0, 0), ("1-3", 1, 3), ("4+", 4, np.inf))  # frames from the nearest labelled frame
 
@@ -99,25 +103,31 @@ def diagnose(run: Path, cycle: int) -> dict:
     window = cfg.evaluation.actionness_window
     for row, fg, class_probs in predict_each_video(model, test, data.root, cfg.clips.length, size,
                                                 cfg.clips.batch_size, "cpu", cfg.clips.stride,
-                                                cfg.evaluation.flip):
+                                                cfg.evaluation.flip, cfg.evaluation.class_pooling):
         predicted = int(np.argmax(class_probs))
         hits.append(predicted == int(row.label))
         if not hits[-1]:
             misclassified[row.video_id] = classes[predicted]
         scale = (row.width / size[1], row.height / size[0])
+        targets = [boxes.get((row.video_id, i)) for i in range(row.num_frames)]
+        actor = np.array([target is not None for target in targets], bool)
         true = np.eye(len(classes))[row.label]
-        for variant, probs, cuts in (("predicted", class_probs, (frame_threshold, threshold)),
-                                     ("true_class", true, (frame_threshold, threshold)),
-                                     ("true_class_no_threshold", true, (0.0, 0.0))):
-            f, t = masks_to_detections(row.video_id, np.arange(row.num_frames), fg, probs, scale_xy=scale,
-                                       threshold=mask_threshold, top_k=len(classes), min_actionness=cuts[0],
-                                       actionness_window=window, tube_min_actionness=cuts[1])
+        for variant, (true_class, presence) in VARIANTS.items():
+            frames, cuts = np.arange(row.num_frames), (frame_threshold, threshold)
+            if presence is None:  # no threshold: every frame with a component
+                cuts = (0.0, 0.0)
+            elif presence:  # exactly the frames with an actor, whatever their actionness
+                frames, cuts = frames[actor], (0.0, 0.0)
+            if not len(frames):
+                continue
+            f, t = masks_to_detections(row.video_id, frames, fg[frames], true if true_class else class_probs,
+                                       scale_xy=scale, threshold=mask_threshold, top_k=len(classes),
+                                       min_actionness=cuts[0], actionness_window=window,
+                                       tube_min_actionness=cuts[1])
             docs[variant]["frame_detections"] += f
             docs[variant]["tube_detections"] += t
         # the box of every ground-truth frame, as if its actionness passed the threshold
         frame_actionness = actionness(fg, window)
-        targets = [boxes.get((row.video_id, i)) for i in range(row.num_frames)]
-        actor = np.array([target is not None for target in targets])
         scores += list(frame_actionness)
         has_actor += list(actor)
         ious.append(component_box_ious(fg[actor], [t for t in targets if t is not None], scale,
