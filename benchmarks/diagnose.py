@@ -38,7 +38,8 @@ from raylab.eval.stad import evaluate_stad
 from raylab.rundir import load_run, read_metrics
 from raylab.train import MODEL_FILE, load_detector
 
-# (class probabilities: the predicted or the true class's; frames: the thresholds' or the true presence)
+# per variant (true class?, frames): the predicted or the true class; frames gated by the calibrated
+# thresholds (False), by none (None), or exactly the frames with an actor (True: the true presence)
 VARIANTS = {"predicted": (False, False), "true_class": (True, False), "true_class_no_threshold": (True, None),
             "true_presence": (False, True), "true_class_true_presence": (True, True)}
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)  # foreground thresholds at which the test boxes are also measured
