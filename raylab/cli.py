@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from raylab.config import SYNTH_PRESETS
 from raylab.quiet import ray_output_to
 
 log = logging.getLogger("raylab")
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="generate a SynthActions dataset (spatio-temporal and temporal sets)")
     p.add_argument("out", help="output directory")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "medium"])
+    p.add_argument("--preset", default="small", choices=SYNTH_PRESETS)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--workers", type=COUNT, default=1, help="processes writing videos in parallel")
     p.add_argument("--videos", type=NON_NEGATIVE, default=0,

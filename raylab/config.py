@@ -22,17 +22,21 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the key and the file."""
 
 
+SYNTH_PRESETS = ("tiny", "small", "small-long", "medium")  # the keys of raylab.data.synthetic.PRESETS
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = ""  # canonical dataset directory (raylab synth / convert); "" = generate SynthActions
-    synth_preset: str = "small"  # SynthActions preset used when root is "": tiny | small | medium
+    synth_preset: str = "small"  # SynthActions preset used when root is "" (SYNTH_PRESETS)
     synth_seed: int = 0  # seed of the generated SynthActions set
     synth_dir: str = "data/synthactions"  # where a generated SynthActions set is written
     synth_videos: int = 0  # videos of the generated set (0 = the preset's: st_videos / temporal_videos)
 
     def __post_init__(self):
-        if self.synth_preset not in ("tiny", "small", "medium"):
-            raise ConfigError(f"data.synth_preset must be tiny, small or medium, got {self.synth_preset!r}")
+        if self.synth_preset not in SYNTH_PRESETS:
+            raise ConfigError(f"data.synth_preset must be one of {', '.join(SYNTH_PRESETS)}, "
+                              f"got {self.synth_preset!r}")
         if self.synth_seed < 0:
             raise ConfigError(f"data.synth_seed must be >= 0, got {self.synth_seed}")
         if self.synth_videos < 0:

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from raylab.config import ConfigError, load_config
+from raylab.config import SYNTH_PRESETS, ConfigError, load_config
 from raylab.data import schema
 from raylab.data.rle import rle_decode, rle_to_box
 from raylab.data.synth_motion import MOTIONS, motion_offsets, place
@@ -241,6 +241,11 @@ def test_presets_are_consistent(name):
     preset = PRESETS[name]
     assert isinstance(preset, SynthPreset)
     assert preset.st_videos >= 2 * preset.num_classes  # a train and a test video per class
+
+
+def test_config_names_every_preset():
+    """data.synth_preset and `raylab synth --preset` accept exactly the generator's presets."""
+    assert sorted(SYNTH_PRESETS) == sorted(PRESETS)
 
 
 @pytest.mark.parametrize("name", MOTIONS)
