@@ -9,11 +9,13 @@ box against its best pseudo-label box) on frames where both have an actor. Besid
 MGW weight that frame gets (`proximity.mgw_weights`) for each sigma asked for, and how many of the
 frames lie in a changed gap (between two labelled frames that show different actors,
 `data.targets.in_changed_gap`: the frames `labels.changed_gaps=skip` gives weight 0) with how often the
-actor's presence is wrong there and elsewhere. No training.
+actor's presence is wrong there and elsewhere; and how far the true boxes move from frame to frame
+(the IoU of an actor's box with its own a few frames later). No training.
 
     python -m benchmarks.pseudo_labels runs/learning/data/small-seed3/spatiotemporal --sigmas 1.3 2.6
 
-Last line of output: JSON {"fraction", "seed", "by_distance": {"1", ..., "6+": {"frames",
+Last line of output: JSON {"fraction", "seed", "true_box_iou_by_gap": {"1", ..., "5": mean IoU of a
+training actor's true box with its own d frames later}, "by_distance": {"1", ..., "6+": {"frames",
 "actor_presence_wrong", "box_iou_mean", "box_iou_ge_0.5", "mgw_weight": {sigma: weight},
 "changed_gap": {"frames", "actor_presence_wrong"}, "elsewhere": {"frames", "actor_presence_wrong"}}}}.
 """
@@ -63,7 +65,8 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
                 s["gap" if gap else "other"][1] += 1
             elif has_true:
                 s["ious"] += list(iou2d(true.boxes, pseudo.boxes).max(axis=1))
-    return {"fraction": fraction, "seed": seed, "by_distance": {
+    return {"fraction": fraction, "seed": seed, "true_box_iou_by_gap": true_box_iou_by_gap(gt, train),
+            "by_distance": {
         (f"{d}+" if d == FAR else str(d)): {
             "frames": s["frames"],
             "actor_presence_wrong": round(s["wrong"] / s["frames"], 3),
@@ -76,6 +79,19 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
         } for d, s in sorted(stats.items())}}
 
 
+def true_box_iou_by_gap(gt: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
+    """How far the boxes move: the mean box IoU (ACT's +1 pixel) of each training actor's true box with
+    its own true box 1, 2, ... FAR - 1 frames later, where it is in both frames. What a copy of a
+    perfect label that many frames away would score, the ceiling of the pseudo-labels above."""
+    ious: dict[int, list] = {d: [] for d in range(1, FAR)}
+    for _, track in gt[gt["video_id"].isin(train["video_id"])].groupby(["video_id", "actor"]):
+        boxes = dict(zip(track["frame"].astype(int), track[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)))
+        for d in ious:
+            ious[d] += [float(iou2d(box[None], boxes[f + d][None])[0, 0])
+                        for f, box in boxes.items() if f + d in boxes]
+    return {str(d): round(float(np.mean(v)), 3) for d, v in ious.items() if v}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="a raylab dataset directory (with dataset.json)")
@@ -85,6 +101,7 @@ def main() -> None:
     p.add_argument("--sigmas", type=float, nargs="+", default=[1.3], help="MGW widths to show the weights of")
     args = p.parse_args()
     result = pseudo_label_quality(args.dataset, args.fraction, args.seed, args.sigmas)
+    print(f"true box IoU with the same actor's box d frames later: {result['true_box_iou_by_gap']}")
     for d, s in result["by_distance"].items():
         print(f"distance {d:>2}: {s['frames']:5d} frames, presence wrong {s['actor_presence_wrong']:.3f}, "
               f"box IoU {s['box_iou_mean']}, >= 0.5 {s['box_iou_ge_0.5']}, MGW weight {s['mgw_weight']}; "
