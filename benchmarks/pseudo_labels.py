@@ -65,8 +65,7 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
                 s["gap" if gap else "other"][1] += 1
             elif has_true:
                 s["ious"] += list(iou2d(true.boxes, pseudo.boxes).max(axis=1))
-    return {"fraction": fraction, "seed": seed, "true_box_iou_by_gap": true_box_iou_by_gap(gt, train),
-            "by_distance": {
+    by_distance = {
         (f"{d}+" if d == FAR else str(d)): {
             "frames": s["frames"],
             "actor_presence_wrong": round(s["wrong"] / s["frames"], 3),
@@ -76,7 +75,9 @@ def pseudo_label_quality(root: str, fraction: float, seed: int, sigmas: list[flo
                            for sigma in sigmas},
             **{name: {"frames": s[key][0], "actor_presence_wrong": round(s[key][1] / max(s[key][0], 1), 3)}
                for name, key in (("changed_gap", "gap"), ("elsewhere", "other"))},
-        } for d, s in sorted(stats.items())}}
+        } for d, s in sorted(stats.items())}
+    return {"fraction": fraction, "seed": seed, "true_box_iou_by_gap": true_box_iou_by_gap(gt, train),
+            "by_distance": by_distance}
 
 
 def true_box_iou_by_gap(gt: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
