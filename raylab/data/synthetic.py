@@ -144,8 +144,8 @@ PRESETS: dict[str, SynthPreset] = {
     ),
 }
 # the small set's actions over twice the frames, as at twice the frame rate: a box moves half as far
-# from one frame to the next, and 1% of a video's frames is closer to one frame than small's 2.3%;
-# measured, not the default (docs/RESULTS.md, "Twice the frames per action")
+# from one frame to the next, and the 1% initial frames (at least one per video) are 1.1% of the frames
+# rather than small's 2.3%; measured, not the default (docs/RESULTS.md, "Twice the frames per action")
 PRESETS["small-long"] = replace(PRESETS["small"], st_frames=(80, 96))
 
 
