@@ -59,7 +59,7 @@ def prepare(out: Path, preset: str, videos: int | None, clips: int, size: int, s
         chosen = training_clips(cfg, data.train, store.labelled_frames(), 0).head(clips)
         table = clip_table(chosen, data.index, data.root, group_labels(store.table()))
         batch = decode_clips(table, (size, size), cfg.labels.sigma, cfg.labels.loss_weighting,
-                             cfg.labels.changed_gaps)
+                             cfg.labels.changed_gaps, cfg.labels.pseudo_masks)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "clips.npz", clip=batch["clip"], fg=batch["fg"], weight=batch["weight"],
                         label=batch["label"], num_classes=len(data.classes))

@@ -83,13 +83,13 @@ def labelled_fraction(data: RunData, store: LabelStore) -> float:
 
 
 def clip_stream(cfg: Config, clips: pd.DataFrame, root: Path, index: pd.DataFrame, store: LabelStore):
-    """The Ray Data stream of `clips` with the run's labels, at the config's clip size, σ, weighting and
-    treatment of changed gaps."""
+    """The Ray Data stream of `clips` with the run's labels, at the config's clip size, σ, weighting,
+    treatment of changed gaps and pseudo-label masks."""
     c = cfg.clips
     table = clip_table(clips, index, root, group_labels(store.table()))
     return clip_dataset(table, (c.height, c.width), cfg.labels.sigma, cfg.labels.loss_weighting,
-                        cfg.labels.changed_gaps, c.clips_per_task, cfg.ray.decode_num_cpus,
-                        cfg.ray.in_process)
+                        cfg.labels.changed_gaps, cfg.labels.pseudo_masks, c.clips_per_task,
+                        cfg.ray.decode_num_cpus, cfg.ray.in_process)
 
 
 def training_clips(cfg: Config, train: pd.DataFrame, labelled: dict, cycle: int) -> pd.DataFrame:

@@ -71,6 +71,9 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path
     assert run_config(old).labels.changed_gaps == "nearest"
     assert run_config(new).labels.changed_gaps == "skip"
     assert run_config(old, ["loop.cycles=9"]).labels.changed_gaps == "nearest"
+    # a key added later still (`labels.pseudo_masks`, 2026-12-05) takes its old value the same way
+    write_atomic(old / "config.yaml", saved.replace("  pseudo_masks: moved\n", ""))
+    assert run_config(old).labels.pseudo_masks == "copied" and run_config(new).labels.pseudo_masks == "moved"
 
 
 def test_a_run_made_before_the_evaluation_section_is_evaluated_as_it_was(tmp_path):

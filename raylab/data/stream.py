@@ -83,6 +83,7 @@ def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list,
 def decode_clips(
     batch: pa.Table, size: tuple[int, int], sigma: float, weighting: str = "mgw",
     changed_gaps: str = "skip",
+    pseudo_masks: str = "moved",
 ) -> dict[str, np.ndarray]:
     """Decode a batch of clip rows (from `clip_table`) into frames and targets (see module doc)."""
     rows = batch.to_pylist()
@@ -95,7 +96,7 @@ def decode_clips(
             for f, b, m, t in zip(row["ann_frames"], row["ann_boxes"], row["ann_masks"], row["ann_tracks"])
         }
         targets = clip_targets(labels, frames, (row["height"], row["width"]), size, sigma, weighting,
-                               changed_gaps)
+                               changed_gaps, pseudo_masks)
         out["clip"].append(read_frames(row["path"], frames, size))
         out["video_id"].append(row["video_id"])
         out["frames"].append(frames.astype(np.int32))
@@ -115,6 +116,7 @@ def clip_dataset(
     sigma: float,
     weighting: str = "mgw",
     changed_gaps: str = "skip",
+    pseudo_masks: str = "moved",
     clips_per_task: int = 64,
     num_cpus: float = 1.0,
     in_process: bool = False,
@@ -132,7 +134,7 @@ def clip_dataset(
         batch_size=None,  # one block per call
         batch_format="pyarrow",
         fn_kwargs={"size": tuple(size), "sigma": sigma, "weighting": weighting,
-                   "changed_gaps": changed_gaps},
+                   "changed_gaps": changed_gaps, "pseudo_masks": pseudo_masks},
         num_cpus=num_cpus,
     )
 

@@ -8,8 +8,10 @@ the previous and the next annotated frame when both show it. Actors are paired b
 (`box_tracks`) when both frames carry one; labels without identities (a human import, an old store) pair
 by position when both frames hold the same number of boxes. The pseudo-label has the actors of the
 nearest annotated frame (the earlier one on a tie): those shown on both sides interpolated, the others
-as the nearest frame has them. Masks, empty frames and frames before the first / after the last
-annotation take the nearest annotated frame.
+as the nearest frame has them. Where the labels carry masks, an interpolated actor's mask is the nearest
+frame's mask moved and scaled onto the interpolated box (`pseudo_masks="moved"`, the default) or left
+where it is ("copied", the rule until 2026-12-05). Empty frames and frames before the first / after the
+last annotation take the nearest annotated frame.
 
 A gap between two annotated frames that show different actors (one enters, leaves or is hidden somewhere
 in it) cannot be interpolated: the two annotations say the nearest one's copy is wrong somewhere in the
@@ -29,6 +31,7 @@ from raylab.data.rle import rle_decode
 from raylab.proximity import mgw_weights
 
 CHANGED_GAPS = ("nearest", "skip")  # what the loss makes of a gap whose two annotations differ in actors
+PSEUDO_MASKS = ("moved", "copied")  # an interpolated actor's mask: onto its interpolated box, or as it is
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class FrameLabel:
     boxes: np.ndarray  # float32 [K, 4] x1, y1, x2, y2 in pixels of the stored video
     masks: tuple[np.ndarray, ...] = ()  # K RLE counts (one per box) or () when boxes only
     tracks: tuple[int, ...] = ()  # K track identities (one per box) or () when unknown
+    mask_boxes: np.ndarray | None = None  # float32 [K, 4] the boxes the masks were drawn in, where they
+    #                                       differ from `boxes` (a pseudo-label's moved masks), else None
 
     @property
     def empty(self) -> bool:
@@ -89,14 +94,20 @@ def in_changed_gap(labels: VideoLabels, frames: np.ndarray, annotated: np.ndarra
     return out
 
 
-def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None = None) -> FrameLabel | None:
+def pseudo_label(
+    labels: VideoLabels, frame: int, annotated: np.ndarray | None = None, pseudo_masks: str = "moved"
+) -> FrameLabel | None:
     """The label of `frame`: its own if annotated, else interpolated / nearest; None if no annotation.
 
     Args:
         labels: the video's annotated frames.
         frame: frame index.
         annotated: sorted keys of `labels` (pass it when calling in a loop).
+        pseudo_masks: "moved" draws an interpolated actor's mask in its interpolated box (`mask_boxes`
+            records where it came from), "copied" leaves it where the nearest frame has it.
     """
+    if pseudo_masks not in PSEUDO_MASKS:
+        raise ValueError(f"pseudo_masks must be one of {PSEUDO_MASKS}, got {pseudo_masks!r}")
     if frame in labels:
         return labels[frame]
     if annotated is None:
@@ -116,7 +127,8 @@ def pseudo_label(labels: VideoLabels, frame: int, annotated: np.ndarray | None =
     for i, j in _pairs(near, far):
         if j is not None:
             boxes[i] = (1.0 - w_far) * near.boxes[i] + w_far * far.boxes[j]
-    return FrameLabel(boxes, near.masks, near.tracks)
+    moved = bool(near.masks) and pseudo_masks == "moved"
+    return FrameLabel(boxes, near.masks, near.tracks, near.boxes if moved else None)
 
 
 def render_foreground(
@@ -124,7 +136,9 @@ def render_foreground(
 ) -> np.ndarray:
     """Foreground map of one frame at the output resolution: the union of masks, else of filled boxes.
 
-    A pixel belongs to a box when its centre lies inside it (after scaling to the output size).
+    A pixel belongs to a box when its centre lies inside it (after scaling to the output size). A mask
+    takes the source pixel under each output pixel's centre; where `label.mask_boxes` is set, mask k is
+    first mapped from `mask_boxes[k]` onto `boxes[k]` (shifted and scaled per axis; x2, y2 exclusive).
 
     Returns:
         uint8 [H_out, W_out] in {0, 1}.
@@ -133,21 +147,29 @@ def render_foreground(
     if label is None or label.empty:
         return out
     (sh, sw), (oh, ow) = src_hw, out_hw
-    if label.masks:
-        union = np.zeros(src_hw, dtype=np.uint8)
-        for counts in label.masks:
-            union |= rle_decode(counts, sh, sw)
-        # nearest-neighbour resize: the source pixel under each output pixel centre
-        rows = np.minimum(((np.arange(oh) + 0.5) * sh / oh).astype(np.int64), sh - 1)
-        cols = np.minimum(((np.arange(ow) + 0.5) * sw / ow).astype(np.int64), sw - 1)
-        return union[np.ix_(rows, cols)]
     ys = (np.arange(oh) + 0.5) * sh / oh  # output pixel centres in source coordinates
     xs = (np.arange(ow) + 0.5) * sw / ow
+    if label.masks:
+        for k, counts in enumerate(label.masks):
+            y, x = ys, xs
+            if label.mask_boxes is not None:  # where in the drawn mask each centre of `boxes[k]` falls
+                (bx1, by1, bx2, by2), (mx1, my1, mx2, my2) = label.boxes[k], label.mask_boxes[k]
+                y = my1 + (ys - by1) * _scale(my2 - my1, by2 - by1)
+                x = mx1 + (xs - bx1) * _scale(mx2 - mx1, bx2 - bx1)
+            rows, cols = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+            in_rows, in_cols = (rows >= 0) & (rows < sh), (cols >= 0) & (cols < sw)
+            out[np.ix_(in_rows, in_cols)] |= rle_decode(counts, sh, sw)[np.ix_(rows[in_rows], cols[in_cols])]
+        return out
     for x1, y1, x2, y2 in label.boxes:
         inside_y = (ys >= y1) & (ys < y2)
         inside_x = (xs >= x1) & (xs < x2)
         out |= (inside_y[:, None] & inside_x[None, :]).astype(np.uint8)
     return out
+
+
+def _scale(drawn: float, target: float) -> float:
+    """Source pixels per target pixel along one axis; 1 where either extent is empty."""
+    return drawn / target if drawn > 0 and target > 0 else 1.0
 
 
 def clip_targets(
@@ -158,9 +180,10 @@ def clip_targets(
     sigma: float,
     weighting: str = "mgw",
     changed_gaps: str = "skip",
+    pseudo_masks: str = "moved",
 ) -> dict[str, np.ndarray]:
     """Targets of one clip. `changed_gaps`: "skip" gives the frames `in_changed_gap` weight 0,
-    "nearest" leaves their weight to `weighting` (module doc).
+    "nearest" leaves their weight to `weighting`; `pseudo_masks`: see `pseudo_label` (module doc).
 
     Returns:
         fg: uint8 [T, H, W] foreground (annotated frames' labels and pseudo-labels elsewhere)
@@ -171,8 +194,8 @@ def clip_targets(
         raise ValueError(f"changed_gaps must be one of {CHANGED_GAPS}, got {changed_gaps!r}")
     frames = np.asarray(frames, dtype=np.int64)
     annotated_frames = np.array(sorted(labels), dtype=np.int64)
-    fg = np.stack([render_foreground(pseudo_label(labels, int(f), annotated_frames), src_hw, out_hw)
-                   for f in frames])
+    fg = np.stack([render_foreground(pseudo_label(labels, int(f), annotated_frames, pseudo_masks), src_hw,
+                                     out_hw) for f in frames])
     weight = mgw_weights(frames, annotated_frames, sigma, weighting)
     if changed_gaps == "skip":
         weight[in_changed_gap(labels, frames, annotated_frames)] = 0.0
