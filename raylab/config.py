@@ -78,9 +78,9 @@ class LabelConfig:
     changed_gaps: str = "skip"  # skip | nearest: frames between two annotated frames that show different
     #                             actors get loss weight 0 | their nearest annotation's label, MGW-weighted
     #                             (data/targets.py; docs/RESULTS.md step 18)
-    pseudo_masks: str = "moved"  # moved | copied: an interpolated actor's mask (labels with masks) is the
-    #                              nearest label's moved and scaled onto the interpolated box | as it is
-    #                              (data/targets.py; docs/RESULTS.md step 23)
+    pseudo_masks: str = "copied"  # copied | moved: an interpolated actor's mask (labels with masks) is the
+    #                               nearest label's as it is | moved and scaled onto the interpolated box
+    #                               (data/targets.py; docs/RESULTS.md step 23)
     init_fraction: float = 0.01  # fraction of each training video's frames (at least one) labelled at random
     #                              before the first cycle (ASL Sec. 4)
 
@@ -93,8 +93,8 @@ class LabelConfig:
             )
         if self.changed_gaps not in ("nearest", "skip"):
             raise ConfigError(f"labels.changed_gaps must be nearest or skip, got {self.changed_gaps!r}")
-        if self.pseudo_masks not in ("moved", "copied"):
-            raise ConfigError(f"labels.pseudo_masks must be moved or copied, got {self.pseudo_masks!r}")
+        if self.pseudo_masks not in ("copied", "moved"):
+            raise ConfigError(f"labels.pseudo_masks must be copied or moved, got {self.pseudo_masks!r}")
         if not 0 < self.init_fraction <= 1:
             raise ConfigError(f"labels.init_fraction must be in (0, 1], got {self.init_fraction}")
 

@@ -36,7 +36,7 @@ CONFIG_FILE = "config.yaml"
 # config.yaml without the key resumes with this value, not with the new default
 ADDED_KEYS = {
     "labels.changed_gaps": "nearest",  # 2026-12-04; before, changed gaps took the nearest label
-    "labels.pseudo_masks": "copied",  # 2026-12-05; before, interpolated actors kept the nearest mask in place
+    "labels.pseudo_masks": "copied",  # 2026-12-05 (also the default): masks stay where drawn
     "evaluation.flip": False,  # 2026-12-04 (also the default); before, clips were predicted as they are
     "evaluation.actionness_window": 1,  # 2026-12-04 (also the default); before, each frame's own actionness
     "evaluation.frame_actionness": "tube",  # 2026-12-04; before, frame detections used the tubes' threshold

@@ -29,7 +29,7 @@ def test_yaml_overrides_and_set(tmp_path):
         ("clips:\n  length: 0\n", "clips.length must be >= 1"),
         ("labels:\n  loss_weighting: maybe\n", "loss_weighting"),
         ("labels:\n  changed_gaps: drop\n", "labels.changed_gaps must be nearest or skip"),
-        ("labels:\n  pseudo_masks: warped\n", "labels.pseudo_masks must be moved or copied"),
+        ("labels:\n  pseudo_masks: warped\n", "labels.pseudo_masks must be copied or moved"),
         ("evaluation:\n  actionness_window: 2\n", "evaluation.actionness_window must be an odd number"),
         ("evaluation:\n  frame_actionness: youden\n",
          "evaluation.frame_actionness must be one of frame_map, tube"),

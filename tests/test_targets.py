@@ -95,38 +95,40 @@ def test_render_foreground_uses_masks_when_present():
 
 
 def test_an_interpolated_actors_mask_is_moved_and_scaled_onto_its_interpolated_box():
-    """Between two annotated frames of one actor the pseudo-label draws the nearest frame's mask in the
-    interpolated box (shifted, and scaled per axis); `copied` leaves it where it was drawn."""
+    """Between two annotated frames of one actor, `moved` draws the nearest frame's mask in the
+    interpolated box (shifted, and scaled per axis); `copied`, the default, leaves it where it was drawn."""
     shape = np.array([[1, 0, 1, 1], [1, 1, 0, 1], [0, 1, 1, 1], [1, 1, 1, 0]], np.uint8)  # no symmetry
     mask = np.zeros((16, 16), np.uint8)
     mask[2:6, 2:6] = shape
     first = frame_label([[2, 2, 6, 6]], [rle_encode(mask)], tracks=[0])
     # four frames later the actor is 4 pixels to the right and twice as large (an 8x8 box)
     labels = {0: first, 4: frame_label([[6, 2, 14, 10]], [rle_encode(np.zeros((16, 16)))], tracks=[0])}
-    one = pseudo_label(labels, 1)  # box: 3/4 of the first + 1/4 of the second = [3, 2, 8, 7]
+    one = pseudo_label(labels, 1, pseudo_masks="moved")  # box: 3/4 first + 1/4 second = [3, 2, 8, 7]
     np.testing.assert_allclose(one.boxes, [[3, 2, 8, 7]])
     fg = render_foreground(one, (16, 16), (16, 16))
     assert fg[:2].sum() == 0 and fg[7:].sum() == 0 and fg[:, :3].sum() == 0 and fg[:, 8:].sum() == 0
     # pixel centres 0.5, 1.5, ... of the 5-pixel box fall at 0.4, 1.2, 2.0, 2.8, 3.6 in the 4-pixel mask
     assert np.array_equal(fg[2:7, 3:8], shape[np.ix_([0, 1, 2, 2, 3], [0, 1, 2, 2, 3])])
-    two = pseudo_label(labels, 2)  # halfway: the earlier frame is nearest; box [4, 2, 10, 8], 1.5 times
+    two = pseudo_label(labels, 2, pseudo_masks="moved")  # halfway: the earlier frame; box [4, 2, 10, 8]
     expected = np.zeros((16, 16), np.uint8)
     expected[2:8, 4:10] = shape[np.ix_([0, 1, 1, 2, 3, 3], [0, 1, 1, 2, 3, 3])]  # 0.33, 1.0, 1.67, ...
     assert np.array_equal(render_foreground(two, (16, 16), (16, 16)), expected)
     # copied: the mask stays where the first frame has it, whatever the box says
-    copied = pseudo_label(labels, 1, pseudo_masks="copied")
+    copied = pseudo_label(labels, 1)
     np.testing.assert_allclose(copied.boxes, one.boxes)
     assert np.array_equal(render_foreground(copied, (16, 16), (16, 16)), mask)
     # at the training size the moved mask is sampled like any mask; a box partly outside the frame clips
     assert render_foreground(one, (16, 16), (8, 8)).sum() == fg[1::2, 1::2].sum()
-    outside = render_foreground(pseudo_label({0: first, 4: frame_label([[26, 2, 30, 6]], tracks=[0])}, 2),
-                                (16, 16), (16, 16))  # box [14, 2, 18, 6]: two columns inside the frame
+    # box [14, 2, 18, 6]: two columns inside the frame
+    outside = render_foreground(pseudo_label({0: first, 4: frame_label([[26, 2, 30, 6]], tracks=[0])}, 2,
+                                             pseudo_masks="moved"), (16, 16), (16, 16))
     assert np.array_equal(outside[2:6, 14:], shape[:, :2]) and outside.sum() == shape[:, :2].sum()
     # an annotated frame, the ends of a video and clip targets follow the same rule
-    assert pseudo_label(labels, 0) is first and pseudo_label(labels, 6) is labels[4]
+    assert pseudo_label(labels, 0, pseudo_masks="moved") is first
+    assert pseudo_label(labels, 6, pseudo_masks="moved") is labels[4]
     frames = np.arange(3)
-    moved_fg = clip_targets(labels, frames, (16, 16), (16, 16), 1.3)["fg"]
-    copied_fg = clip_targets(labels, frames, (16, 16), (16, 16), 1.3, pseudo_masks="copied")["fg"]
+    moved_fg = clip_targets(labels, frames, (16, 16), (16, 16), 1.3, pseudo_masks="moved")["fg"]
+    copied_fg = clip_targets(labels, frames, (16, 16), (16, 16), 1.3)["fg"]
     assert np.array_equal(moved_fg[1], fg) and np.array_equal(copied_fg[1], mask)
     with pytest.raises(ValueError, match="pseudo_masks"):
         pseudo_label(labels, 1, pseudo_masks="warped")

@@ -83,7 +83,7 @@ def _clip_payload(video_labels: Mapping[int, FrameLabel], frames) -> tuple[list,
 def decode_clips(
     batch: pa.Table, size: tuple[int, int], sigma: float, weighting: str = "mgw",
     changed_gaps: str = "skip",
-    pseudo_masks: str = "moved",
+    pseudo_masks: str = "copied",
 ) -> dict[str, np.ndarray]:
     """Decode a batch of clip rows (from `clip_table`) into frames and targets (see module doc)."""
     rows = batch.to_pylist()
@@ -116,7 +116,7 @@ def clip_dataset(
     sigma: float,
     weighting: str = "mgw",
     changed_gaps: str = "skip",
-    pseudo_masks: str = "moved",
+    pseudo_masks: str = "copied",
     clips_per_task: int = 64,
     num_cpus: float = 1.0,
     in_process: bool = False,

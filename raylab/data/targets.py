@@ -9,9 +9,10 @@ the previous and the next annotated frame when both show it. Actors are paired b
 by position when both frames hold the same number of boxes. The pseudo-label has the actors of the
 nearest annotated frame (the earlier one on a tie): those shown on both sides interpolated, the others
 as the nearest frame has them. Where the labels carry masks, an interpolated actor's mask is the nearest
-frame's mask moved and scaled onto the interpolated box (`pseudo_masks="moved"`, the default) or left
-where it is ("copied", the rule until 2026-12-05). Empty frames and frames before the first / after the
-last annotation take the nearest annotated frame.
+frame's mask as it is (`pseudo_masks="copied"`, the default: the mask does not follow the interpolated
+box) or moved and scaled onto the interpolated box ("moved": closer to the true mask, level on the
+learning benchmark; docs/RESULTS.md step 23). Empty frames and frames before the first / after the last
+annotation take the nearest annotated frame.
 
 A gap between two annotated frames that show different actors (one enters, leaves or is hidden somewhere
 in it) cannot be interpolated: the two annotations say the nearest one's copy is wrong somewhere in the
@@ -31,7 +32,7 @@ from raylab.data.rle import rle_decode
 from raylab.proximity import mgw_weights
 
 CHANGED_GAPS = ("nearest", "skip")  # what the loss makes of a gap whose two annotations differ in actors
-PSEUDO_MASKS = ("moved", "copied")  # an interpolated actor's mask: onto its interpolated box, or as it is
+PSEUDO_MASKS = ("copied", "moved")  # an interpolated actor's mask: as it is, or onto its interpolated box
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def in_changed_gap(labels: VideoLabels, frames: np.ndarray, annotated: np.ndarra
 
 
 def pseudo_label(
-    labels: VideoLabels, frame: int, annotated: np.ndarray | None = None, pseudo_masks: str = "moved"
+    labels: VideoLabels, frame: int, annotated: np.ndarray | None = None, pseudo_masks: str = "copied"
 ) -> FrameLabel | None:
     """The label of `frame`: its own if annotated, else interpolated / nearest; None if no annotation.
 
@@ -180,7 +181,7 @@ def clip_targets(
     sigma: float,
     weighting: str = "mgw",
     changed_gaps: str = "skip",
-    pseudo_masks: str = "moved",
+    pseudo_masks: str = "copied",
 ) -> dict[str, np.ndarray]:
     """Targets of one clip. `changed_gaps`: "skip" gives the frames `in_changed_gap` weight 0,
     "nearest" leaves their weight to `weighting`; `pseudo_masks`: see `pseudo_label` (module doc).
