@@ -71,8 +71,8 @@ def test_a_run_made_before_a_key_existed_resumes_with_its_old_behaviour(tmp_path
     assert run_config(old).labels.changed_gaps == "nearest"
     assert run_config(new).labels.changed_gaps == "skip"
     assert run_config(old, ["loop.cycles=9"]).labels.changed_gaps == "nearest"
-    # a key added later (`labels.pseudo_masks`, 2026-12-05) takes its old value the same way, and a run
-    # that saved another value keeps it
+    # `labels.pseudo_masks` (2026-12-05): a run that saved `moved` resumes with it, whatever the default;
+    # one saved before the key with `copied` (ADDED_KEYS, which holds should the default ever change)
     assert "pseudo_masks: copied" in saved
     write_atomic(old / "config.yaml", saved.replace("  pseudo_masks: copied\n", ""))
     write_atomic(new / "config.yaml", saved.replace("pseudo_masks: copied", "pseudo_masks: moved"))
