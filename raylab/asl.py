@@ -135,11 +135,16 @@ def evaluate_step(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> 
 
 def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) -> dict:
     """The metrics record of the cycle's detector on the test split (ACT protocol), predicted as
-    `evaluation` says. The actionness thresholds below which a frame gets no frame detection and is left
-    out of the tubes, and the foreground threshold of its box, are set first, on the labelled frames of
-    `store` (never on the test split), and recorded with the metrics."""
-    from raylab.eval.predict import calibrate_detector, predict_dataset, video_accuracy
-    from raylab.eval.stad import evaluate_stad
+    `evaluation` says (`predict_test`), with the thresholds it was predicted with."""
+    return cycle_record(cfg, data, store, cycle, *predict_test(cfg, data, store, cycle))
+
+
+def predict_test(cfg: Config, data: RunData, store: LabelStore, cycle: int):
+    """(evaluation document, calibration, test index) of the cycle's detector on the test split. The
+    actionness thresholds below which a frame gets no frame detection and is left out of the tubes, and
+    the foreground threshold of its box, are set first, on the labelled frames of `store` (never on the
+    test split)."""
+    from raylab.eval.predict import calibrate_detector, predict_dataset
     from raylab.train import MODEL_FILE, load_detector
 
     test = data.index[data.index["split"] == "test"].reset_index(drop=True)
@@ -156,8 +161,18 @@ def evaluate_cycle(cfg: Config, data: RunData, store: LabelStore, cycle: int) ->
     doc = predict_dataset(model, test, data.gt[data.gt["video_id"].isin(test["video_id"])], data.classes,
                           data.root, c.length, size, batch=c.batch_size, calibration=calibration,
                           stride=c.stride)
+    return doc, calibration, test
+
+
+def cycle_record(cfg: Config, data: RunData, store: LabelStore, cycle: int, doc: dict, calibration,
+                 test: pd.DataFrame) -> dict:
+    """The metrics record of `predict_test`'s document: frame- and video-mAP, video accuracy, the
+    thresholds, the labels it was trained on and the cycle's training history."""
+    from raylab.eval.predict import video_accuracy
+    from raylab.eval.stad import evaluate_stad
+
     metrics = evaluate_stad(doc)
-    history = checkpoint / "history.jsonl"
+    history = data.paths.checkpoint_dir(cycle) / "history.jsonl"
     return {"cycle": cycle, "labelled_fraction": labelled_fraction(data, store),
             "labelled_frames": len(store), "cost": store.cost(),
             "clicks_fraction": store.cost() / max(total_clicks(cfg, data), TOLERANCE),

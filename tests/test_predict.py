@@ -98,3 +98,30 @@ def test_video_class_probabilities_pool_the_clips_by_mean_or_by_each_class_s_pea
     assert np.argmax(peaks) == 1 and np.allclose(peaks, [0.8 / 1.75, 0.95 / 1.75])
     with pytest.raises(ValueError, match="class pooling must be one of mean, max"):
         video_class_probs(clips, "median")
+
+
+def test_a_document_subset_keeps_only_its_videos_and_test_folds_cut_each_class_in_order():
+    from benchmarks.reevaluate import split_test_videos
+    from raylab.eval.predict import document_subset
+
+    box = [[1, 0.0, 0.0, 10.0, 10.0]]
+    doc = {"labels": ["a", "b"],
+           "videos": {v: {"nframes": 1, "width": 32, "height": 32, "tubes": [{"label": 0, "boxes": box}]}
+                      for v in ("v0", "v1", "v2")},
+           "frame_detections": [{"video": v, "frame": 1, "label": 0, "score": 0.9, "box": [0, 0, 10, 10]}
+                                for v in ("v0", "v2")],
+           "tube_detections": [{"video": "v1", "label": 0, "score": 0.5, "boxes": box}],
+           "predicted_classes": {"v0": 0, "v1": 1, "v2": 0}}
+    part = document_subset(doc, ["v1", "v2"])
+    assert list(part["videos"]) == ["v1", "v2"] and part["labels"] == ["a", "b"]
+    assert [d["video"] for d in part["frame_detections"]] == ["v2"]
+    assert [d["video"] for d in part["tube_detections"]] == ["v1"]
+    assert part["predicted_classes"] == {"v1": 1, "v2": 0} and len(doc["videos"]) == 3  # doc untouched
+
+    # index order: a0 b0 a1 a2 b1 a3 a4 b2 a5 -> per class in that order, cut into 3 runs
+    names = ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a5"]
+    test = pd.DataFrame({"video_id": names, "label": [0 if n[0] == "a" else 1 for n in names]})
+    parts = [sorted(p["video_id"]) for p in split_test_videos(test, 3)]
+    assert parts == [["a0", "a1", "b0"], ["a2", "a3", "b1"], ["a4", "a5", "b2"]]
+    with pytest.raises(ValueError, match="class 1 has 3 test videos"):
+        split_test_videos(test, 4)

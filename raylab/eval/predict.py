@@ -86,6 +86,16 @@ def video_accuracy(doc: dict, index: pd.DataFrame) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
+def document_subset(doc: dict, video_ids) -> dict:
+    """The evaluation document `doc` restricted to the videos `video_ids`: their ground truth, their
+    detections and their predicted classes."""
+    keep = set(video_ids)
+    return {"labels": doc["labels"], "videos": {v: x for v, x in doc["videos"].items() if v in keep},
+            "frame_detections": [d for d in doc["frame_detections"] if d["video"] in keep],
+            "tube_detections": [d for d in doc["tube_detections"] if d["video"] in keep],
+            "predicted_classes": {v: c for v, c in doc.get("predicted_classes", {}).items() if v in keep}}
+
+
 def ground_truth_document(index: pd.DataFrame, gt: pd.DataFrame, classes: list[str]) -> dict:
     """The "labels" and "videos" parts of the evaluation JSON (frames 1-based, one tube per actor)."""
     videos = {}
