@@ -31,7 +31,8 @@ class DataConfig:
     synth_preset: str = "small"  # SynthActions preset used when root is "" (SYNTH_PRESETS)
     synth_seed: int = 0  # seed of the generated SynthActions set
     synth_dir: str = "data/synthactions"  # where a generated SynthActions set is written
-    synth_videos: int = 0  # videos of the generated set (0 = the preset's: st_videos / temporal_videos)
+    synth_videos: int = 0  # videos of the generated set, all split by the preset's train fraction (0 = the
+    #                        preset's: st_videos and its extra test videos / temporal_videos)
 
     def __post_init__(self):
         if self.synth_preset not in SYNTH_PRESETS:

@@ -15,7 +15,7 @@ from raylab.config import SYNTH_PRESETS, ConfigError, load_config
 from raylab.data import schema
 from raylab.data.rle import rle_decode, rle_to_box
 from raylab.data.synth_motion import MOTIONS, motion_offsets, place
-from raylab.data.synthetic import PRESETS, SynthPreset, generate
+from raylab.data.synthetic import PRESETS, SynthPreset, generate, num_videos, plan_videos, with_videos
 from raylab.data.video import probe_video, read_frames
 from raylab.rundir import dataset_root, ensure_dataset
 
@@ -234,6 +234,32 @@ def test_videos_overrides_the_presets_number_and_a_set_of_another_size_is_refuse
     with pytest.raises(ConfigError, match=refused):
         ensure_dataset(load_config(None, ["data.synth_preset=tiny", f"data.synth_dir={tmp_path}"]))
     assert sorted(p.name for p in (out / "spatiotemporal" / "videos").iterdir()) == before
+
+
+def test_extra_test_videos_are_appended_to_the_test_split_and_change_no_other_video():
+    """The small set's test split is enlarged without touching its first st_videos videos (whose runs
+    stay comparable), and an explicit number of videos (data.synth_videos) is split as before."""
+    tiny = PRESETS["tiny"]
+    plain = plan_videos("spatiotemporal", tiny, 3)
+    enlarged = plan_videos("spatiotemporal", dataclasses.replace(tiny, extra_test_videos=7), 3)
+    assert enlarged[:len(plain)] == plain
+    extra = enlarged[len(plain):]
+    assert [v.number for v in extra] == list(range(12, 19)) and {v.split for v in extra} == {"test"}
+    assert sorted(np.bincount([v.label for v in extra]).tolist()) == [2, 2, 3]  # as balanced as 7 allows
+    assert len({v.video_id for v in enlarged}) == 19
+    small = PRESETS["small"]
+    specs = plan_videos("spatiotemporal", small, 0)
+    assert num_videos(small, "spatiotemporal") == len(specs) == 228
+    assert [sum(v.split == s for v in specs) for s in ("train", "test")] == [102, 126]
+    assert all(np.bincount([v.label for v in specs if v.split == s]).tolist() == [n] * 6
+               for s, n in (("train", 17), ("test", 21)))
+    # an explicit number: every video split by train_fraction, the same set as the 144-video small
+    # preset made until 2026-12-05
+    assert num_videos(with_videos(small, "spatiotemporal", 144), "spatiotemporal") == 144
+    assert plan_videos("spatiotemporal", with_videos(small, "spatiotemporal", 144), 0) == specs[:144]
+    assert num_videos(small, "temporal") == small.temporal_videos
+    with pytest.raises(ValueError, match="extra_test_videos"):
+        dataclasses.replace(tiny, extra_test_videos=-1)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
