@@ -131,7 +131,7 @@ PRESETS: dict[str, SynthPreset] = {
     # learnable on 2 CPU cores in minutes; 17 training videos per class (with 8, until 2026-12-03, the
     # detector misnamed 17-19% of the test videos of the hard draws at 100% labels: docs/RESULTS.md);
     # 7 + 14 test videos per class (7 until 2026-12-05: one misnamed test video moved f-mAP by about
-    # 0.02, and which 42 videos a draw tested on moved its ratios as much as the draws differed:
+    # 0.02, and which 42 videos a draw tested on moved its 10% ratio as much as the draws differed:
     # docs/RESULTS.md step 24)
     "small": SynthPreset(
         num_classes=6, fps=25.0,
